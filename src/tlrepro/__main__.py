@@ -1,0 +1,3 @@
+from tlrepro.cli import main
+
+raise SystemExit(main())
