@@ -1,0 +1,182 @@
+"""Shared fixtures: a throwaway project folder and generated image trees shaped like the real archives.
+
+Images are small smooth random pictures, so each one has a distinct perceptual hash; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlrepro import paths
+
+REPO = Path(__file__).resolve().parents[1]
+FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+def picture(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A smooth random RGB picture: an upscaled 6x6 noise grid, so different seeds differ in phash."""
+    grid = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)
+
+
+def write_image(path: Path, seed: int = 0, mode: str = "RGB", size: tuple[int, int] = (64, 64)) -> Path:
+    """Save picture(seed) at `path` in `mode` (RGB, L, RGBA, P, CMYK or I;16), format from the extension."""
+    image = picture(seed, size)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, FORMATS[path.suffix.lower()])
+    return path
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    return write_image
+
+
+@pytest.fixture
+def tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (the real params.yaml and dvc.yaml) that tlrepro.paths points at for the test."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    monkeypatch.setenv("TLREPRO_ROOT", str(root))
+    monkeypatch.setattr(paths, "PROJECT_ROOT", root)
+    monkeypatch.setattr(paths, "PARAMS_FILE", root / "params.yaml")
+    for name, sub in [
+        ("DATA", "data"),
+        ("RAW", "data/raw"),
+        ("INDEX", "data/index"),
+        ("SPLITS", "data/splits"),
+    ]:
+        monkeypatch.setattr(paths, name, root / sub)
+    for name, sub in [("REPORTS", "reports"), ("METRICS", "reports/metrics"), ("PLOTS", "reports/plots")]:
+        monkeypatch.setattr(paths, name, root / sub)
+    return root
+
+
+def build_skin_tree(folder: Path) -> dict:
+    """A messy skin-like archive; returns what a correct index of it must find.
+
+    Like the real one it holds every image twice (train/, test/ and again under data/), class folders differ
+    in case and depth, extensions vary, and some files are broken.
+    """
+    originals = {
+        "train/Benign/b{}.jpg": ("benign", "train", 4),
+        "train/benign/b{}.png": ("benign", "train", 2),
+        "train/malignant/m{}.JPG": ("malignant", "train", 5),
+        "test/benign/tb{}.jpeg": ("benign", "test", 3),
+        "test/extra/MALIGNANT/tm{}.jpg": ("malignant", "test", 3),
+    }
+    seed = 0
+    for pattern, (_, _, n) in originals.items():
+        for i in range(n):
+            seed += 1
+            write_image(folder / pattern.format(i), seed)
+    for split in ("train", "test"):
+        shutil.copytree(folder / split, folder / "data" / split)
+    shutil.copy(folder / "train/Benign/b0.jpg", folder / "data/train/malignant/conflict.jpg")
+    good = (folder / "train/Benign/b1.jpg").read_bytes()
+    (folder / "train/Benign/truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "train/benign/empty.jpg").write_bytes(b"")
+    (folder / "test/benign/notes.jpg").write_text("not an image\n")
+    write_image(folder / "loose.jpg", 99)
+    (folder / "README.txt").write_text("ignored: not an image extension\n")
+    return {
+        "images": 17,
+        "labels": {"benign": 9, "malignant": 8},
+        "source_splits": {"train": 11, "test": 6},
+        "duplicates": 18,
+        "label_conflicts": 1,
+        "rejected": {
+            "train/Benign/truncated.jpg",
+            "train/benign/empty.jpg",
+            "test/benign/notes.jpg",
+            "loose.jpg",
+        },
+    }
+
+
+BREAKHIS_PATIENTS = [
+    ("B", "A", "adenosis", "14-22549AB"),
+    ("B", "F", "fibroadenoma", "14-9133"),
+    ("B", "TA", "tubular_adenoma", "14-3411F"),
+    ("M", "DC", "ductal_carcinoma", "14-12312"),
+    ("M", "LC", "lobular_carcinoma", "14-16196"),
+    ("M", "MC", "mucinous_carcinoma", "14-10147"),
+]
+
+
+def build_breakhis_tree(folder: Path, per_patient: int = 5) -> dict:
+    """BreakHis's layout: <class>/SOB/<subtype>/SOB_<B|M>_<code>_<patient>/<mag>X/SOB_..-<mag>-<n>.png."""
+    seed = 1000
+    for cls, code, name, patient in BREAKHIS_PATIENTS:
+        label = "benign" if cls == "B" else "malignant"
+        for mag in (100, 40) if code == "DC" else (100,):
+            base = (
+                folder
+                / f"BreaKHis_v1/histology_slides/breast/{label}/SOB/{name}/SOB_{cls}_{code}_{patient}/{mag}X"
+            )
+            for i in range(1, per_patient + 1):
+                seed += 1
+                write_image(base / f"SOB_{cls}_{code}-{patient}-{mag}-{i:03d}.png", seed)
+    write_image(folder / "BreaKHis_v1/histology_slides/breast/benign/SOB/adenosis/stray.png", 1)
+    return {"images": 7 * per_patient, "patients": 6, "rejected": 1}
+
+
+def build_lc25000_tree(folder: Path, per_class: int = 4) -> dict:
+    """LC25000's layout: lung_colon_image_set/<organ>_image_sets/<class>/<name>.jpeg."""
+    classes = {"lung": ["lung_aca", "lung_n", "lung_scc"], "colon": ["colon_aca", "colon_n"]}
+    seed = 2000
+    for organ, names in classes.items():
+        for name in names:
+            for i in range(per_class):
+                seed += 1
+                write_image(folder / f"lung_colon_image_set/{organ}_image_sets/{name}/{name}{i}.jpeg", seed)
+    return {"images": 5 * per_class, "labels": sum(classes.values(), [])}
+
+
+@pytest.fixture
+def skin_raw(tmp_project: Path) -> dict:
+    return build_skin_tree(tmp_project / "data/raw/skin")
+
+
+@pytest.fixture
+def breakhis_raw(tmp_project: Path) -> dict:
+    return build_breakhis_tree(tmp_project / "data/raw/breakhis")
+
+
+@pytest.fixture
+def lc25000_raw(tmp_project: Path) -> dict:
+    return build_lc25000_tree(tmp_project / "data/raw/lc25000")
+
+
+@pytest.fixture
+def kaggle_mirror(tmp_path: Path) -> Path:
+    """An offline mirror holding the skin and BreakHis slugs, read-only like the shared one."""
+    mirror = tmp_path / "mirror"
+    build_skin_tree(mirror / "fanconic/skin-cancer-malignant-vs-benign")
+    build_breakhis_tree(mirror / "ambarish/breakhis", per_patient=2)
+    for path in mirror.rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)
+    return mirror
