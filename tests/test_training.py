@@ -79,11 +79,18 @@ def test_frozen_outputs_are_computed_once_then_read_from_cache(split_frame):
     np.testing.assert_array_equal(first[0], second[0])
 
 
-def test_augmentation_before_the_cut_disables_caching(split_frame):
-    clf = _classifier(12, augmentation={"flip": "horizontal"})
-    assert features.split_frozen(clf) is None
-    result = training.train(clf, split_frame, learning_rate=1e-3, epochs=1, batch_size=4, seed=3)
-    assert not result.cached
+def test_augmentation_trains_on_images_but_validates_on_cached_outputs(split_frame):
+    """Augmentation before the cut forbids caching the training inputs, not the validation ones."""
+    histories = []
+    for use_cache in (True, False):
+        training.seed_everything(3)
+        clf = _classifier(12, augmentation={"flip": "horizontal", "rotation": 0.1})
+        assert features.split_frozen(clf) is None
+        result = training.train(clf, split_frame, learning_rate=1e-3, epochs=2, batch_size=4, seed=3,
+                                use_cache=use_cache)
+        assert not result.cached
+        histories.append(result.history)
+    pd.testing.assert_frame_equal(histories[0], histories[1], atol=1e-5, check_exact=False)
 
 
 def test_same_seed_gives_identical_history(split_frame):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tlrepro import io, paths
 from tlrepro.models import Classifier
@@ -63,9 +63,13 @@ def _crossing_tensors(backbone: keras.Model, cut: int) -> list:
     return crossing
 
 
-def split_frozen(classifier: Classifier) -> FrozenSplit | None:
-    """Cut the classifier where its frozen part ends, or None if caching would change the results."""
-    if classifier.augmentation is not None:
+def split_frozen(classifier: Classifier, *, inference: bool = False) -> FrozenSplit | None:
+    """Cut the classifier where its frozen part ends, or None if caching would change the results.
+
+    With `inference`, augmentation is ignored (it is inactive outside training), so the split also
+    serves validation and prediction of a model that augments while it trains.
+    """
+    if classifier.augmentation is not None and not inference:
         return None
     image_size = classifier.model.input_shape[1]
     inputs = keras.Input((image_size, image_size, 3), name="image")

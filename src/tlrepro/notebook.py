@@ -132,7 +132,7 @@ def setup_notebook(quiet_keras: bool = True) -> Path:
     Returns the project root.
     """
     os.chdir(paths.PROJECT_ROOT)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only effective before TensorFlow is imported
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # only effective before TensorFlow is imported
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")

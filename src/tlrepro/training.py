@@ -61,6 +61,27 @@ class EpochLog(keras.callbacks.Callback):
         print(f"[{self.name}] epoch {epoch + 1}/{self.epochs}: {shown}", flush=True)
 
 
+class CachedValidation(keras.callbacks.Callback):
+    """Validation on cached frozen outputs for a model that augments in training.
+
+    Validation images are not augmented, so the frozen part's outputs on them never change: compute
+    them once and run only the trainable part each epoch. Sets val_loss/val_accuracy in the logs
+    before EarlyStopping and History read them (keep this callback first).
+    """
+
+    def __init__(self, trainer: keras.Model, inputs: list[np.ndarray], labels: np.ndarray, batch_size: int) -> None:
+        super().__init__()
+        self.trainer, self.labels, self.batch_size = trainer, labels, batch_size
+        self.inputs = inputs if len(inputs) > 1 else inputs[0]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        probs = self.trainer.predict(self.inputs, batch_size=self.batch_size, verbose=0).ravel()
+        loss = keras.losses.binary_crossentropy(self.labels[:, None], probs[:, None])
+        if logs is not None:
+            logs["val_loss"] = float(np.mean(keras.ops.convert_to_numpy(loss)))
+            logs["val_accuracy"] = float(np.mean((probs >= 0.5) == (self.labels >= 0.5)))
+
+
 class Snapshots(keras.callbacks.Callback):
     """Keeps the weights at given epoch counts: one run to the largest budget serves every budget."""
 
@@ -76,6 +97,7 @@ class Snapshots(keras.callbacks.Callback):
 
 def history_frame(history: keras.callbacks.History) -> pd.DataFrame:
     frame = pd.DataFrame(history.history)
+    frame = frame[sorted(frame.columns)]  # fixed column order, however the logs were filled
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
 
@@ -133,6 +155,14 @@ def train(
         model = classifier.model
         train_ds = image_dataset(train_frame, model.input_shape[1], batch_size, shuffle=True, seed=seed)
         val_ds = image_dataset(val_frame, model.input_shape[1], batch_size) if len(val_frame) else None
+        inference = feats.split_frozen(classifier, inference=True) if use_cache and len(val_frame) else None
+        if inference is not None:  # augmentation in training only: validate on cached frozen outputs
+            started = time.perf_counter()
+            x_val, hit = feats.extract(inference, val_frame, classifier=classifier, batch_size=batch_size,
+                                       description=f"{name}: frozen outputs, val")
+            feature_seconds = 0.0 if hit else time.perf_counter() - started
+            callbacks.insert(0, CachedValidation(inference.trainer, x_val, labels_of(val_frame), batch_size))
+            val_ds = None
 
     compile_binary(model, learning_rate)
     tf.random.set_seed(seed)  # same shuffles and dropout masks whatever ran before
@@ -148,7 +178,7 @@ def predict(
     classifier: Classifier, frame: pd.DataFrame, *, batch_size: int, use_cache: bool = True
 ) -> tuple[np.ndarray, float]:
     """P(malignant) per row of `frame`, and the seconds it took (frozen outputs reused when cached)."""
-    frozen = feats.split_frozen(classifier) if use_cache else None
+    frozen = feats.split_frozen(classifier, inference=True) if use_cache else None
     started = time.perf_counter()
     if frozen is not None:
         x, _ = feats.extract(frozen, frame, classifier=classifier, batch_size=batch_size, description="predict")
