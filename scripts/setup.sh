@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up the project on a machine with Python 3.11 and pip: a .venv in the project root holding the
+# pinned dependencies (pyproject.toml), the project itself (editable), the dev tools, and the Jupyter
+# kernel "Python (tlrepro)" that the notebooks name.
+#
+#   bash scripts/setup.sh          # from any folder; safe to run again (a no-op when nothing changed)
+#
+# Environment: PYTHON=/path/to/python3.11 to choose the interpreter; TLREPRO_EXTRAS=gpu,dev for CUDA
+# TensorFlow instead of the CPU build (default cpu,dev); TLREPRO_SETUP_FORCE=1 to reinstall
+# even when pyproject.toml has not changed since the last successful run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV=.venv
+STAMP="$VENV/.tlrepro-setup"
+LOG="$VENV/setup-pip.log"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+started=$SECONDS
+
+step() { printf '[setup %4ss] %s\n' "$((SECONDS - started))" "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; }
+
+find_python() {
+  local candidate
+  for candidate in ${PYTHON:+"$PYTHON"} python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_py311 "$candidate"; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Run pip with its output in $LOG; on failure show the end of the log.
+pip_logged() {
+  if ! "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; then
+    echo "--- last lines of $LOG ---" >&2
+    tail -n 30 "$LOG" >&2
+    die "pip $* failed (full log: $ROOT/$LOG)"
+  fi
+}
+
+# 1. the virtual environment
+if [[ -x "$VENV/bin/python" ]] && is_py311 "$VENV/bin/python"; then
+  step "using the existing $VENV ($("$VENV/bin/python" -V 2>&1))"
+else
+  if [[ -e "$VENV" ]]; then
+    [[ -f "$VENV/pyvenv.cfg" ]] || die "$ROOT/$VENV exists but is not a virtual environment: move it away."
+    step "$VENV is not a working Python 3.11 environment: recreating it"
+    rm -rf "$VENV"
+  fi
+  PY="$(find_python)" || die "Python 3.11 is required (requires-python in pyproject.toml), but neither \
+python3.11 nor python3 is 3.11 (python3 is: $(python3 -V 2>&1 || echo missing)). Install Python 3.11, \
+or run with PYTHON=/path/to/python3.11."
+  step "creating $VENV with $PY ($("$PY" -V 2>&1))"
+  "$PY" -m venv "$VENV" || die "'$PY -m venv' failed: on Debian/Ubuntu install python3.11-venv."
+fi
+
+# 2. dependencies and the project; skipped when pyproject.toml is unchanged since the last success
+wanted="${TLREPRO_EXTRAS:-cpu,dev} $(cat pyproject.toml scripts/setup.sh | "$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())') $ROOT"
+if [[ "${TLREPRO_SETUP_FORCE:-}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$wanted" ]] \
+   && "$VENV/bin/python" -c 'import tlrepro, pytest' >/dev/null 2>&1; then
+  step "dependencies up to date (pyproject.toml unchanged; TLREPRO_SETUP_FORCE=1 reinstalls)"
+else
+  rm -f "$STAMP"
+  : >"$LOG"
+  step "upgrading pip"
+  pip_logged install --upgrade pip
+  extras="${TLREPRO_EXTRAS:-cpu,dev}"  # TLREPRO_EXTRAS=gpu,dev for CUDA TensorFlow
+  step "installing the project and its pinned dependencies (pip install -e \".[$extras]\"; log: $LOG)"
+  pip_logged install -e ".[$extras]"
+  step "installed: $("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | wc -l) packages in $VENV"
+  echo "$wanted" >"$STAMP"
+fi
+
+# 3. the Jupyter kernel the notebooks (and papermill) run on, inside the venv
+step "registering the Jupyter kernel 'Python (tlrepro)'"
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name tlrepro --display-name "Python (tlrepro)" >/dev/null \
+  || die "registering the Jupyter kernel failed"
+
+step "done. Activate with: . $VENV/bin/activate"
