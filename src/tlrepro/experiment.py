@@ -175,7 +175,7 @@ def run_grid(study: Study, backbone: str, weights: str) -> GridResult:
             frozen.trainer.set_weights(initial)
             result = training.train(classifier, study.splits, learning_rate=lr, epochs=max(run_budgets),
                                     batch_size=batch, seed=study.seed, name=f"{backbone} lr={lr:g}",
-                                    config=s, budgets=run_budgets)
+                                    config=s, budgets=run_budgets, log=False)
             histories[lr] = result.history
             for b in run_budgets:
                 at = result.history.iloc[min(b, len(result.history)) - 1]
@@ -183,6 +183,8 @@ def run_grid(study: Study, backbone: str, weights: str) -> GridResult:
                              "val_accuracy": round(float(at["val_accuracy"]), 6),
                              "val_loss": round(float(at["val_loss"]), 6)})
                 snapshots[(lr, b)] = result.snapshots.get(b, frozen.trainer.get_weights())
+        cells = [r for r in rows if r["learning_rate"] == lr]
+        print(f"{backbone} lr={lr:g}: val accuracy " + ", ".join(f"{r['val_accuracy']:.3f} @{r['epochs']}" for r in cells))
     grid_seconds = time.perf_counter() - started
     grid = pd.DataFrame(rows)
     # best by validation accuracy; ties go to lower validation loss, then fewer epochs

@@ -124,6 +124,7 @@ def train(
     config: dict[str, Any] | None = None,
     use_cache: bool = True,
     budgets: list[int] | None = None,
+    log: bool = True,
 ) -> TrainResult:
     """Fit the classifier on split == 'train', validating on split == 'val'.
 
@@ -135,7 +136,7 @@ def train(
     val_frame = splits[splits["split"] == "val"]
     if train_frame.empty:
         raise UserError("The split file has no `train` rows: check the study's split parameters.")
-    callbacks = [*callbacks_from_spec(config or {}), EpochLog(name, epochs)]
+    callbacks = [*callbacks_from_spec(config or {}), *([EpochLog(name, epochs)] if log else [])]
     snapshots = Snapshots(budgets or [])
     callbacks.append(snapshots)
 
