@@ -31,6 +31,9 @@ from tlrepro import io, paths
 from tlrepro.models import Classifier
 from tlrepro.tfdata import image_dataset
 
+# Bump when the way frozen outputs are computed changes, so older cache entries are never reused.
+CACHE_VERSION = "2"
+
 # Layers that hold no weights and act the same in training and inference: safe to fold into the cache.
 _FOLDABLE = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
 
@@ -121,7 +124,7 @@ def cache_key(frame: pd.DataFrame, classifier: Classifier, frozen: FrozenSplit, 
 
         weights = f"imagenet:{resolve_weights(classifier.backbone_name, 'imagenet', image_size)}"
     parts = [
-        classifier.backbone_name, weights, classifier.preprocessing.mode, str(image_size), frozen.cut,
+        CACHE_VERSION, classifier.backbone_name, weights, classifier.preprocessing.mode, str(image_size), frozen.cut,
         json.dumps([list(s) for s in frozen.crossing_shapes]), keras.__version__, tf.__version__,
     ]
     if classifier.weights == "random":  # random weights are a function of the seed that built them
@@ -160,9 +163,11 @@ def extract(
 
     dataset = image_dataset(frame, image_size, batch_size, with_labels=False)
     steps = int(np.ceil(len(frame) / batch_size))
+    # a compiled function: calling the model eagerly batch by batch would be about twice as slow
+    forward = tf.function(lambda x: frozen.extractor(x, training=False), reduce_retracing=True)
     chunks: list[list[np.ndarray]] = []
     for batch in tqdm(dataset, total=steps, desc=description, unit="batch", leave=False, disable=None):
-        out = frozen.extractor(batch, training=False)
+        out = forward(batch)
         out = out if isinstance(out, list | tuple) else [out]
         chunks.append([keras.ops.convert_to_numpy(o) for o in out])
     arrays = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
