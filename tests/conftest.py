@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlrepro import paths
+from tlrepro.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = {
@@ -54,24 +54,18 @@ def make_image() -> Callable[..., Path]:
 
 @pytest.fixture
 def tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder (the real params.yaml and dvc.yaml) that tlrepro.paths points at for the test."""
+    """A project folder (the real params.yaml and dvc.yaml) that tlrepro.core.paths points at for the test."""
     root = tmp_path / "project"
     root.mkdir()
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO / name, root / name)
     monkeypatch.setenv("TLREPRO_ROOT", str(root))
-    monkeypatch.setattr(paths, "PROJECT_ROOT", root)
-    monkeypatch.setattr(paths, "PARAMS_FILE", root / "params.yaml")
-    for name, sub in [
-        ("DATA", "data"),
-        ("RAW", "data/raw"),
-        ("INDEX", "data/index"),
-        ("SPLITS", "data/splits"),
-    ]:
-        monkeypatch.setattr(paths, name, root / sub)
-    for name, sub in [("REPORTS", "reports"), ("METRICS", "reports/metrics"), ("PLOTS", "reports/plots")]:
-        monkeypatch.setattr(paths, name, root / sub)
-    return root
+    monkeypatch.setenv("TLREPRO_FEATURE_CACHE", str(tmp_path / "features"))
+    monkeypatch.delenv(paths.STAGING_ENV, raising=False)
+    original = paths.PROJECT_ROOT
+    paths.set_root(root)
+    yield root
+    paths.set_root(original)
 
 
 def build_skin_tree(folder: Path) -> dict:
@@ -100,7 +94,7 @@ def build_skin_tree(folder: Path) -> dict:
     (folder / "train/benign/empty.jpg").write_bytes(b"")
     (folder / "test/benign/notes.jpg").write_text("not an image\n")
     write_image(folder / "loose.jpg", 99)
-    (folder / "README.txt").write_text("ignored: not an image extension\n")
+    (folder / "README.txt").write_text("rejected: not an image file\n")
     return {
         "images": 17,
         "labels": {"benign": 9, "malignant": 8},
@@ -112,6 +106,7 @@ def build_skin_tree(folder: Path) -> dict:
             "train/benign/empty.jpg",
             "test/benign/notes.jpg",
             "loose.jpg",
+            "README.txt",
         },
     }
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tlrepro import download, paths
-from tlrepro.download import download_dataset
-from tlrepro.errors import UserError
+from tlrepro.core import paths
+from tlrepro.core.errors import UserError
+from tlrepro.data import download
+from tlrepro.data.download import download_dataset
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 SKIN = "fanconic/skin-cancer-malignant-vs-benign"
@@ -80,10 +81,23 @@ def test_mirror_without_the_slug(tmp_project, kaggle_mirror, monkeypatch):
     message = str(caught.value)
     assert "bhaveshmittal/melanoma-cancer-dataset" in message
     assert f"ambarish/breakhis, {SKIN}" in message
-    assert "dvc exp run -S mobilenet2025.dataset=skin" in message
+    assert "dvc exp run -S studies.mobilenet2025.dataset=skin" in message
     monkeypatch.setenv("KAGGLE_MIRROR", str(kaggle_mirror / "nowhere"))
     with pytest.raises(UserError, match="not a folder"):
         download_dataset("skin")
+
+
+def test_empty_mirror_folder_keeps_the_previous_download(tmp_project, kaggle_mirror, monkeypatch, tmp_path):
+    empty = tmp_path / "empty-mirror"
+    (empty / SKIN / "train").mkdir(parents=True)  # the slug's folder exists but holds no file
+    monkeypatch.setenv("KAGGLE_MIRROR", str(empty))
+    paths.raw_dir("skin").mkdir(parents=True)
+    (paths.raw_dir("skin") / "old.jpg").write_bytes(b"previous download")
+    with pytest.raises(UserError, match="empty folder.*left as it was"):
+        download_dataset("skin")
+    assert files_under(paths.raw_dir("skin")) == {"old.jpg": b"previous download"}
+    with pytest.raises(UserError, match="derived dataset"):
+        download_dataset("breakhis_stain")
 
 
 def test_no_credentials_fails_fast(tmp_project, no_kaggle_env):

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tlrepro import paths
-from tlrepro.errors import UserError
-from tlrepro.images import ImageInfo, inspect_image, load_rgb
-from tlrepro.index import parse_breakhis_name, prepare_dataset, read_index
+from tlrepro.core import paths
+from tlrepro.core.errors import UserError
+from tlrepro.data.images import ImageInfo, inspect_image, load_rgb
+from tlrepro.data.index import prepare_dataset, read_index
+from tlrepro.data.labels import parse_breakhis_name
 
 ZOO = [
     ("rgb.jpg", "RGB"),
@@ -32,6 +33,7 @@ def test_every_format_and_mode_is_accepted(tmp_path, make_image, name, mode):
     assert isinstance(info, ImageInfo), info
     assert (info.width, info.height) == (40, 30)
     assert len(info.phash) == 16 and len(info.sha256) == 64
+    assert info.dihedral_phashes.split()[0] == info.phash and len(info.dihedral_phashes.split()) == 8
     rgb = load_rgb(path)
     assert rgb.mode == "RGB" and rgb.size == (40, 30)
 
@@ -133,6 +135,7 @@ def test_breakhis_index(breakhis_raw, tmp_project):
     assert (index["source_split"] == "").all()
     rejected = pd.read_csv(paths.rejected_csv("breakhis"))
     assert len(rejected) == breakhis_raw["rejected"] and "SOB_" in rejected["reason"][0]
+    assert list(index.columns[:6]) == ["path", "label", "subtype", "subtype_name", "patient", "magnification"]
 
 
 def test_folder_labels(lc25000_raw, tmp_project):
@@ -147,14 +150,12 @@ def test_user_errors(tmp_project, make_image):
         prepare_dataset("skin")
     (tmp_project / "data/raw/skin/unlabelled").mkdir(parents=True)
     make_image(tmp_project / "data/raw/skin/unlabelled/x.jpg")
-    with pytest.raises(UserError, match="data/raw/skin"):
+    with pytest.raises(UserError, match="data/raw/skin.*no benign/malignant folder above it.*previous index was kept"):
         prepare_dataset("skin")
-    assert pd.read_csv(paths.rejected_csv("skin"))["reason"].tolist() == [
-        "no benign/malignant folder above it"
-    ]
+    assert not paths.index_csv("skin").exists() and not paths.rejected_csv("skin").exists()
+    with pytest.raises(UserError, match="Unknown dataset"):
+        prepare_dataset("nope")
     params = paths.PARAMS_FILE.read_text().replace("labels: binary}", "labels: colours}", 1)
     paths.PARAMS_FILE.write_text(params)
     with pytest.raises(UserError, match="datasets.skin.labels"):
         prepare_dataset("skin")
-    with pytest.raises(UserError, match="Unknown dataset"):
-        prepare_dataset("nope")

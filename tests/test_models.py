@@ -1,23 +1,37 @@
-"""Backbone registry, preprocessing, heads, freeze policies and saving (tiny sizes, random weights)."""
+"""Backbone registry, preprocessing, heads, augmentation streams, freeze policies and saving (tiny, random weights)."""
 
 import keras
 import numpy as np
 import pytest
 
-from tlrepro import models
-from tlrepro.errors import UserError
+from tlrepro.core.config import RowSettings, resolve_row
+from tlrepro.core.errors import UserError
+from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.modeling import models
 
 HEAD = [{"pool": "avg"}, {"dense": 4, "activation": "relu"}, {"dropout": 0.2}, {"dense": 1, "activation": "sigmoid"}]
 
 
+def row(**settings):
+    base = {"backbone": "MobileNetV2", "weights": "random", "image_size": 32, "batch_size": 4, "head": HEAD,
+            "learning_rate": 1e-3, "epochs": 1}
+    return resolve_row("r", RowSettings(), RowSettings(**{**base, **settings}))
+
+
+def build(**settings):
+    return models.build_classifier(row(**settings), classes=BINARY_CLASSES, seed=1)
+
+
+def test_registry_matches_the_schema():
+    models.check_registry()
+
+
 @pytest.mark.parametrize("name", sorted(models.BACKBONES))
 def test_every_backbone_builds_and_predicts_probabilities(name):
-    size = 32
-    clf = models.build_classifier(name, image_size=size, weights="random", head=HEAD, seed=1)
-    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    clf = build(backbone=name)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     probs = clf.model.predict(images, verbose=0)
-    assert probs.shape == (2, 1)
-    assert np.all((probs >= 0) & (probs <= 1))
+    assert probs.shape == (2, 1) and np.all((probs >= 0) & (probs <= 1))
 
 
 def test_preprocessing_modes_match_keras_reference():
@@ -30,35 +44,56 @@ def test_preprocessing_modes_match_keras_reference():
 
 
 def test_head_from_spec_has_the_layers_asked_for():
-    head = models.build_head([{"pool": "max"}, {"batch_norm": True}, {"dropout": 0.4}, {"dense": 1, "activation": "sigmoid"}])
-    kinds = [type(layer).__name__ for layer in head.layers]
+    r = row(head=[{"pool": "max"}, {"batch_norm": True}, {"dropout": 0.4}, {"dense": 1, "activation": "sigmoid"}])
+    kinds = [type(layer).__name__ for layer in models.build_head(r.head).layers]
     assert kinds == ["GlobalMaxPooling2D", "BatchNormalization", "Dropout", "Dense"]
-    assert head.layers[2].rate == pytest.approx(0.4)
 
 
-def test_bad_specs_give_clear_errors():
-    with pytest.raises(UserError, match="head layer 0"):
-        models.build_head([{"conv": 3}])
-    with pytest.raises(UserError, match="Unknown backbone"):
-        models.build_classifier("AlexNet", image_size=32, weights="random", head=HEAD)
-    with pytest.raises(UserError, match="weights"):
-        models.build_classifier("MobileNetV2", image_size=32, weights="pretrained", head=HEAD)
-    with pytest.raises(UserError, match="augmentation"):
-        models.build_augmentation({"cutmix": 1}, seed=0)
+def test_head_units_must_match_the_classes():
+    with pytest.raises(UserError, match="3 classes"):
+        models.build_classifier(row(), classes=("a", "b", "c"), seed=0)
+    three = models.build_classifier(row(head=[{"pool": "avg"}, {"dense": 3, "activation": "softmax"}]),
+                                    classes=("a", "b", "c"), seed=0)
+    assert three.model.output_shape == (None, 3)
+
+
+def test_augmentation_layers_draw_independently():
+    """Each layer has its own seed stream: seeded alike, a rotation and a zoom would move together."""
+    r = row(augmentation={"flip": "horizontal", "rotation": 0.2, "zoom": 0.2})
+    aug = models.build_augmentation(r.augmentation, seed=3)
+    seeds = [layer.seed for layer in aug.layers]
+    assert len(set(seeds)) == 3
+    rotation, zoom = aug.layers[1], aug.layers[2]
+    angles, zooms = [], []
+    for _ in range(400):
+        angles.append(float(keras.ops.convert_to_numpy(rotation.get_random_transformation(
+            np.zeros((1, 8, 8, 3), "float32"), training=True)["angle"]).ravel()[0]))
+        zooms.append(float(keras.ops.convert_to_numpy(zoom.get_random_transformation(
+            np.zeros((1, 8, 8, 3), "float32"), training=True)["height_zoom"]).ravel()[0]))
+    assert abs(np.corrcoef(angles, zooms)[0, 1]) < 0.15
+    same = models.build_augmentation(r.augmentation, seed=3)
+    assert [layer.seed for layer in same.layers] == seeds  # and the same settings give the same streams
 
 
 def test_missing_weights_file_names_both_ways(monkeypatch, tmp_path):
     monkeypatch.setenv("IMAGENET_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(UserError) as err:
-        models.build_classifier("VGG16", image_size=32, weights="imagenet", head=HEAD)
+        build(backbone="VGG16", weights="imagenet")
     message = str(err.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert "IMAGENET_WEIGHTS_DIR" in message and "random" in message
 
 
+def test_corrupt_weights_file_names_the_file_and_backbone(monkeypatch, tmp_path):
+    (tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"\x89HDF\r\n garbage")
+    monkeypatch.setenv("IMAGENET_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"Cannot load ImageNet weights for VGG16 from .*vgg16_weights.*damaged"):
+        build(backbone="VGG16", weights="imagenet")
+
+
 @pytest.mark.parametrize("policy, expected_trainable", [(0, 0), (10, 10), ("all", None)])
 def test_freeze_policies(policy, expected_trainable):
-    clf = models.build_classifier("MobileNetV2", image_size=32, weights="random", head=HEAD)
+    clf = build()
     models.set_trainable(clf, policy)
     flags = [layer.trainable for layer in clf.backbone.layers]
     if expected_trainable is None:
@@ -67,14 +102,13 @@ def test_freeze_policies(policy, expected_trainable):
         assert sum(flags) == expected_trainable
         assert flags[len(flags) - expected_trainable :] == [True] * expected_trainable
     assert all(layer.trainable for layer in clf.head.layers)
-    # the head is always trainable; a frozen backbone contributes no trainable weights
-    head_weights = sum(int(np.prod(w.shape)) for w in clf.head.trainable_weights)
     if policy == 0:
+        head_weights = sum(int(np.prod(w.shape)) for w in clf.head.trainable_weights)
         assert models.trainable_count(clf.model) == head_weights
 
 
 def test_frozen_batchnorm_stays_in_inference_mode():
-    clf = models.build_classifier("MobileNetV2", image_size=32, weights="random", head=HEAD)
+    clf = build()
     models.set_trainable(clf, 0)
     bn = next(layer for layer in clf.backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
     before = [np.array(w) for w in bn.weights]
@@ -85,12 +119,11 @@ def test_frozen_batchnorm_stays_in_inference_mode():
         np.testing.assert_array_equal(a, np.array(b))  # moving statistics untouched
 
 
-def test_saved_model_loads_in_safe_mode(tmp_path):
-    clf = models.build_classifier("VGG16", image_size=32, weights="random", head=HEAD,
-                                  augmentation={"flip": "horizontal", "rotation": 0.1})
-    path = tmp_path / "model.keras"
-    clf.model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), clf.model.predict(x, verbose=0), atol=1e-6)
-    assert not any(type(layer).__name__ == "Lambda" for layer in loaded._flatten_layers())
+def test_sarker_faithful_build_has_the_papers_layer_and_parameter_counts():
+    """158 layers and 2,264,385 parameters: MobileNetV2 (224, no top; 154 layers with its input) and the head
+    GlobalAveragePooling2D, BatchNormalization, Dropout(0.4), Dense(1, sigmoid). Weights do not change counts."""
+    clf = models.build_classifier(
+        row(image_size=224, head=[{"pool": "avg"}, {"batch_norm": True}, {"dropout": 0.4},
+                                  {"dense": 1, "activation": "sigmoid"}]), classes=BINARY_CLASSES, seed=0)
+    assert len(clf.backbone.layers) + len(clf.head.layers) == 158
+    assert models.parameter_count(clf.model) == 2_264_385

@@ -10,7 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tlrepro import papers, plots
+from tlrepro.results import compare as papers
+from tlrepro.results import plots
 
 
 def check(fig: Figure, tmp_path, name: str) -> None:
@@ -59,6 +60,8 @@ def test_training_curves_tolerate_missing_columns(tmp_path):
     assert len(fig.axes) == 4
     assert len(fig.axes[0].lines) == 2 and len(fig.axes[3].lines) == 0
     check(fig, tmp_path, "curves")
+    marked = plots.training_curves({"frozen": full}, marks={"frozen": 2})
+    assert len(marked.axes[0].lines) == 3 and "(2)" in marked.axes[0].get_legend().get_texts()[-1].get_text()
 
 
 def test_confusion_and_roc(tmp_path):
@@ -92,3 +95,13 @@ def test_paper_vs_ours(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["accuracy", "f1"]
     check(fig, tmp_path, "paper_vs_ours")
     assert [ax.get_title() for ax in plots.paper_vs_ours(frame, metric="f1").axes] == ["f1"]
+
+
+def test_forest_plot_lists_every_rate(tmp_path):
+    ours = {"MobileNetV2": {"accuracy": 0.85, "accuracy_ci_low": 0.82, "accuracy_ci_high": 0.88, "f1": 0.8}}
+    frame = papers.compare("lin2024", ours, metrics=["accuracy", "f1"],
+                           spread={"MobileNetV2": {"accuracy": {"mean": 0.84, "std": 0.01, "seeds": 5}}})
+    fig = plots.forest(frame.assign(study="lin2024"))
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 8 and labels[0] == "lin2024 · MobileNetV2 · accuracy"
+    check(fig, tmp_path, "forest")

@@ -1,4 +1,4 @@
-"""Split protocols: stratification, seeds, patient grouping, fractions, the per-class cap, the written files."""
+"""Split protocols: stratification, seeds, patient grouping, views, degenerate splits refused, the written files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tlrepro import paths
-from tlrepro.errors import UserError
-from tlrepro.index import prepare_dataset
-from tlrepro.splits import allocate, cap_per_class, split_frame, write_study_split
+from tlrepro.core import paths
+from tlrepro.core.config import Split
+from tlrepro.core.errors import UserError
+from tlrepro.core.numbers import allocate
+from tlrepro.data.index import prepare_dataset
+from tlrepro.data.splits import cap_per_class, read_split, split_protocol, write_study_split
 
 
 def fake_index(n_benign=60, n_malignant=40, patients=20, source=True, seed=0) -> pd.DataFrame:
@@ -21,19 +23,17 @@ def fake_index(n_benign=60, n_malignant=40, patients=20, source=True, seed=0) ->
     labels = ["benign"] * n_benign + ["malignant"] * n_malignant
     n = len(labels)
     per_label = {"benign": range(0, patients // 2), "malignant": range(patients // 2, patients)}
-    return pd.DataFrame(
-        {
-            "path": [f"data/raw/x/{i:04d}.png" for i in range(n)],
-            "label": labels,
-            "patient": [f"p{rng.choice(per_label[lab]):02d}" for lab in labels],
-            "source_split": (rng.random(n) < 0.8).astype(int).astype(str) if source else [""] * n,
-            "sha256": [f"{i:064x}" for i in range(n)],
-            "phash": [f"{v:016x}" for v in rng.integers(0, 2**63, n)],
-        }
-    ).replace({"source_split": {"1": "train", "0": "test"}})
+    hashes = [f"{v:016x}" for v in rng.integers(0, 2**63, n)]
+    return pd.DataFrame({
+        "path": [f"data/raw/x/{i:04d}.png" for i in range(n)], "label": labels,
+        "patient": [f"p{rng.choice(per_label[lab]):02d}" for lab in labels],
+        "source_split": np.where(rng.random(n) < 0.8, "train", "test") if source else [""] * n,
+        "sha256": [f"{i:064x}" for i in range(n)], "phash": hashes,
+        "dihedral_phashes": [" ".join([h] * 8) for h in hashes],
+    })
 
 
-STRATIFIED = {"protocol": "stratified", "train": 0.7, "val": 0.15, "test": 0.15}
+STRATIFIED = Split(method="stratified", train=0.7, val=0.15, test=0.15)
 
 
 def test_allocate_sums_and_rounds():
@@ -44,73 +44,79 @@ def test_allocate_sums_and_rounds():
 
 
 def test_stratified_keeps_class_balance():
-    out = split_frame(fake_index(), STRATIFIED, seed=1)
-    counts = pd.crosstab(out["label"], out["split"])
+    out = split_protocol(fake_index(), STRATIFIED, seed=1, group=None)
+    counts = pd.crosstab(out["label"], out["side"])
     assert counts.loc["benign"].to_dict() == {"train": 42, "val": 9, "test": 9}
     assert counts.loc["malignant"].to_dict() == {"train": 28, "val": 6, "test": 6}
-    assert list(out.columns[:3]) == ["path", "label", "split"]
-    assert {"sha256", "phash", "source_split", "patient"} <= set(out.columns)
+    assert {"sha256", "phash", "source_split", "patient", "view"} <= set(out.columns)
 
 
 def test_seed_fixes_the_split():
     frame = fake_index()
-    a = split_frame(frame, STRATIFIED, seed=7)
-    assert a.equals(split_frame(frame.sample(frac=1, random_state=3), STRATIFIED, seed=7))
-    assert not a["split"].equals(split_frame(frame, STRATIFIED, seed=8)["split"])
+    a = split_protocol(frame, STRATIFIED, seed=7, group=None)
+    assert a.equals(split_protocol(frame.sample(frac=1, random_state=3), STRATIFIED, seed=7, group=None))
+    sides = lambda f: f.set_index("path")["side"].sort_index()  # noqa: E731
+    assert not sides(a).equals(sides(split_protocol(frame, STRATIFIED, seed=8, group=None)))
 
 
 def test_no_test_rows_when_test_is_zero():
-    out = split_frame(fake_index(), {"protocol": "stratified", "train": 0.8, "val": 0.2, "test": 0.0}, seed=1)
-    assert set(out["split"]) == {"train", "val"}
-    assert (out["split"] == "val").sum() == 20
-
-
-def test_pooled_ignores_source_folders():
-    out = split_frame(fake_index(), {"protocol": "pooled", "train": 0.7, "val": 0.15, "test": 0.15}, seed=1)
-    assert pd.crosstab(out["source_split"], out["split"]).min().min() > 0
-    assert (out["split"] == "train").sum() == 70
+    out = split_protocol(fake_index(), Split(method="stratified", train=0.8, val=0.2), seed=1, group=None)
+    assert set(out["side"]) == {"train", "val"} and (out["side"] == "val").sum() == 20
 
 
 def test_source_keeps_dataset_test_and_carves_val_from_train():
     frame = fake_index()
-    out = split_frame(frame, {"protocol": "source", "val": 0.25}, seed=1)
-    assert (out["split"] == "test").equals(out["source_split"] == "test")
-    train = out[out["source_split"] == "train"]
-    for _, group in train.groupby("label"):
-        assert (group["split"] == "val").sum() == allocate(len(group), [0.75, 0.25])[1]
-    with pytest.raises(UserError, match="protocol `source`"):
-        split_frame(fake_index(source=False), {"protocol": "source", "val": 0.2}, seed=1)
+    out = split_protocol(frame, Split(method="source", val=0.25), seed=1, group=None)
+    assert ((out["side"] == "test") == (out["source_split"] == "test")).all()
+    for _, group in out[out["source_split"] == "train"].groupby("label"):
+        assert (group["side"] == "val").sum() == allocate(len(group), [0.75, 0.25])[1]
+    with pytest.raises(UserError, match="method `source`"):
+        split_protocol(fake_index(source=False), Split(method="source", val=0.2), seed=1, group=None)
 
 
 def test_patient_grouping_keeps_each_patient_on_one_side():
-    spec = {**STRATIFIED, "also_group_by": "patient", "train": 0.7, "val": 0.1, "test": 0.2}
+    protocol = Split(method="grouped", train=0.7, val=0.1, test=0.2)
     frame = fake_index(n_benign=300, n_malignant=300, patients=60)
-    out = split_frame(frame, spec, seed=3)
-    assert (out.groupby("patient")["split_by_patient"].nunique() == 1).all()
-    assert out.groupby("patient")["split"].nunique().max() > 1  # the by-image split mixes patients
-    shares = out["split_by_patient"].value_counts(normalize=True)
+    out = split_protocol(frame, protocol, seed=3, group="patient")
+    assert (out.groupby("patient")["side"].nunique() == 1).all()
+    shares = out["side"].value_counts(normalize=True)
     assert abs(shares["train"] - 0.7) < 0.1 and abs(shares["test"] - 0.2) < 0.1 and shares["val"] > 0
-    again = split_frame(frame, spec, seed=3)
-    assert again.equals(out)
-    assert not split_frame(frame, spec, seed=4)["split_by_patient"].equals(out["split_by_patient"])
-    with pytest.raises(UserError, match="also_group_by"):
-        split_frame(frame.drop(columns="patient"), spec, seed=3)
+    assert split_protocol(frame, protocol, seed=3, group="patient").equals(out)
+    other = split_protocol(frame, protocol, seed=4, group="patient")
+    assert not other.set_index("path")["side"].sort_index().equals(out.set_index("path")["side"].sort_index())
+    with pytest.raises(UserError, match="group column"):
+        split_protocol(frame.drop(columns="patient"), protocol, seed=3, group="patient")
 
 
-@pytest.mark.parametrize(
-    ("spec", "match"),
-    [
-        ({"protocol": "stratified", "train": 0.7, "val": 0.2, "test": 0.2}, "sum to 1.1"),
-        ({"protocol": "stratified", "train": 0.0, "val": 0.5, "test": 0.5}, "train > 0"),
-        ({"protocol": "stratified", "train": "most", "val": 0.5}, "numbers"),
-        ({"protocol": "source", "val": 1.5}, "split.val"),
-        ({"protocol": "random"}, "split.protocol"),
-    ],
-)
-def test_bad_split_params(spec, match):
-    with pytest.raises(UserError, match=match) as caught:
-        split_frame(fake_index(), spec, seed=1, study="kumar2022")
-    assert "kumar2022.split" in str(caught.value)
+def test_too_few_patients_for_the_sides_is_refused():
+    frame = fake_index(n_benign=20, n_malignant=20, patients=4)  # two patients per class, three sides
+    with pytest.raises(UserError, match=r"only 2 patient\(s\) with label 'benign'.*3 sides"):
+        split_protocol(frame, Split(method="grouped", train=0.7, val=0.15, test=0.15), seed=1, group="patient",
+                       where="studies.x.protocols.patient")
+    two = split_protocol(frame, Split(method="grouped", train=0.5, test=0.5), seed=1, group="patient")
+    assert set(two["side"]) == {"train", "test"}
+
+
+def test_a_side_without_a_class_is_refused():
+    frame = fake_index(n_benign=30, n_malignant=2)
+    with pytest.raises(UserError, match="side has no malignant images"):
+        split_protocol(frame, Split(method="stratified", train=0.7, val=0.15, test=0.15), seed=1, group=None)
+    with pytest.raises(UserError, match="one class only"):
+        split_protocol(fake_index(n_malignant=0), STRATIFIED, seed=1, group=None)
+
+
+def test_views_before_the_split_and_on_train_only():
+    frame = fake_index(n_benign=30, n_malignant=30, patients=10)
+    views = ["rot90", "flip_h"]
+    before = split_protocol(frame, Split(method="stratified", train=0.7, val=0.1, test=0.2, views=views,
+                                         expand="before_split"), seed=2, group=None)
+    assert len(before) == 3 * len(frame)
+    assert before.groupby("path")["side"].nunique().max() > 1  # copies of one image on several sides
+    honest = split_protocol(frame, Split(method="grouped", train=0.7, val=0.1, test=0.2, views=views,
+                                         expand="train_only"), seed=2, group="patient")
+    assert set(honest.loc[honest["side"] != "train", "view"]) == {"identity"}
+    assert set(honest.loc[honest["side"] == "train", "view"]) == {"identity", *views}
+    assert (honest.groupby("path")["side"].nunique() == 1).all()
 
 
 def test_cap_per_class_is_stratified_and_seeded():
@@ -123,7 +129,6 @@ def test_cap_per_class_is_stratified_and_seeded():
     assert capped.equals(cap_per_class(frame, 20, seed=1))
     assert not capped.equals(cap_per_class(frame, 20, seed=2))
     assert cap_per_class(frame, None, seed=1) is frame
-    assert len(cap_per_class(frame, 1000, seed=1)) == len(frame)
 
 
 def set_params(**changes):
@@ -134,30 +139,30 @@ def set_params(**changes):
         for part in parents:
             node = node[part]
         node[last] = value
-    paths.PARAMS_FILE.write_text(yaml.safe_dump(params))
+    paths.PARAMS_FILE.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_write_study_split_files(breakhis_raw, tmp_project):
     prepare_dataset("breakhis")
-    frame = write_study_split("wang2024")
-    csv, report = paths.split_csv("wang2024"), paths.leakage_json("wang2024")
+    set_params(**{"studies.wang2024.dataset": "breakhis"})
+    frame = write_study_split("kumar2022")
+    csv, report = paths.split_csv("kumar2022"), paths.leakage_json("kumar2022")
     first = csv.read_bytes(), report.read_bytes()
-    written = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    assert len(written) == len(frame) == breakhis_raw["images"]
-    assert list(written.columns[:4]) == ["path", "label", "split", "split_by_patient"]
-    assert {"patient", "subtype", "magnification", "sha256", "phash", "source_split"} <= set(written.columns)
+    written = read_split("kumar2022")
+    assert len(written) == len(frame) == 2 * breakhis_raw["images"]  # two protocols
+    assert list(written.columns[:5]) == ["protocol", "side", "view", "path", "label"]
+    assert {"patient", "subtype", "magnification", "sha256", "phash", "train_match"} <= set(written.columns)
     audit = json.loads(report.read_text())
-    assert audit["split_by_patient"]["patients_on_several_sides"] == 0
-    assert audit["split"]["patients_on_several_sides"] > 0
-    write_study_split("wang2024")
+    assert audit["patient"]["patients_on_several_sides"] == 0
+    assert audit["image"]["patients_on_several_sides"] > 0
+    write_study_split("kumar2022")
     assert (csv.read_bytes(), report.read_bytes()) == first
 
-    set_params(**{"scale.max_images_per_class": 4})
-    capped = write_study_split("kumar2022")
-    assert capped["label"].value_counts().to_dict() == {"benign": 4, "malignant": 4}
+    wang = write_study_split("wang2024")  # views: 6 rows per image under `paper`
+    assert (wang["protocol"] == "paper").sum() == 6 * breakhis_raw["images"]
+    wang_audit = json.loads(paths.leakage_json("wang2024").read_text())
+    assert wang_audit["paper"]["dihedral_copy_pairs"] > 0 and wang_audit["honest"]["dihedral_copy_pairs"] == 0
+    assert wang_audit["honest"]["patients_on_several_sides"] == 0
 
-    set_params(**{"kumar2022.split.test": 0.5})
-    with pytest.raises(UserError, match="kumar2022.split"):
-        write_study_split("kumar2022")
     with pytest.raises(UserError, match="prepare@skin"):
         write_study_split("lin2024")

@@ -1,11 +1,15 @@
-"""The cached frozen path against the plain path, determinism, and epoch budgets (tiny, random weights)."""
+"""The cached frozen path against the plain path, the content-keyed cache, augmented views, determinism, and
+epoch budgets (tiny images, random weights)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from tlrepro import features, models, training
+from tlrepro.core.config import RowSettings, resolve_row
+from tlrepro.data.labels import BINARY_CLASSES, encode
+from tlrepro.modeling import frozen_cache as fc
+from tlrepro.modeling import models, training
 
 SIZE = 32
 HEAD = [{"pool": "avg"}, {"dense": 8, "activation": "relu"}, {"dropout": 0.2}, {"dense": 1, "activation": "sigmoid"}]
@@ -13,7 +17,7 @@ HEAD = [{"pool": "avg"}, {"dense": 8, "activation": "relu"}, {"dropout": 0.2}, {
 
 @pytest.fixture()
 def split_frame(tmp_path, monkeypatch):
-    """24 tiny images whose brightness depends on the class, split train/val/test."""
+    """24 tiny images whose brightness depends on the class, on train/val/test sides."""
     monkeypatch.setenv("TLREPRO_FEATURE_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
     rows = []
@@ -22,35 +26,45 @@ def split_frame(tmp_path, monkeypatch):
         pixels = (rng.random((40, 40, 3)) * (255 if i % 2 else 120)).astype("uint8")
         path = tmp_path / f"{i}.png"
         Image.fromarray(pixels).save(path)
-        rows.append((str(path), label, ("train", "train", "val", "test")[i % 4], f"sha{i}"))
-    return pd.DataFrame(rows, columns=["path", "label", "split", "sha256"])
+        rows.append((str(path), label, ("train", "train", "val", "test")[i % 4], f"sha{i}", "identity"))
+    return pd.DataFrame(rows, columns=["path", "label", "side", "sha256", "view"])
 
 
-def _classifier(trainable, augmentation=None, backbone="MobileNetV2"):
-    clf = models.build_classifier(backbone, image_size=SIZE, weights="random", head=HEAD, seed=3,
-                                  augmentation=augmentation)
+def row(**settings):
+    base = {"backbone": "MobileNetV2", "weights": "random", "image_size": SIZE, "batch_size": 4, "head": HEAD,
+            "learning_rate": 1e-3, "epochs": 2}
+    return resolve_row("r", RowSettings(), RowSettings(**{**base, **settings}))
+
+
+def classifier(trainable=0, seed=3, **settings):
+    clf = models.build_classifier(row(trainable_layers=trainable, **settings), classes=BINARY_CLASSES, seed=seed)
     models.set_trainable(clf, trainable)
     return clf
 
 
+def fit(clf, frame, *, epochs=2, seed=3, **kwargs):
+    train, val = frame[frame["side"] == "train"], frame[frame["side"] == "val"]
+    return training.train(clf, train, val, train_labels=encode(train["label"], BINARY_CLASSES),
+                          val_labels=encode(val["label"], BINARY_CLASSES), epochs=epochs, seed=seed, **kwargs)
+
+
 @pytest.mark.parametrize("trainable", [0, 12, 14])
 def test_cached_and_plain_paths_predict_the_same(split_frame, trainable):
-    clf = _classifier(trainable)
-    frozen = features.split_frozen(clf)
-    assert frozen is not None
-    training.train(clf, split_frame, learning_rate=1e-3, epochs=2, batch_size=4, seed=3)
-    cached, _ = training.predict(clf, split_frame, batch_size=4, use_cache=True)
-    plain, _ = training.predict(clf, split_frame, batch_size=4, use_cache=False)
+    clf = classifier(trainable)
+    assert fc.split_frozen(clf) is not None
+    fit(clf, split_frame)
+    cached, _ = training.predict(clf, split_frame, use_cache=True)
+    plain, _ = training.predict(clf, split_frame, use_cache=False)
     np.testing.assert_allclose(cached, plain, atol=1e-5)
 
 
 def test_skip_tensors_crossing_the_cut_are_cached():
     """Cutting MobileNetV2 inside a residual block must carry the block's skip input across."""
-    clf = _classifier(0)
+    clf = classifier(0)
     crossings = {}
     for trainable in (12, 13, 14):  # 13 and 14 cut inside MobileNetV2's block_15
         models.set_trainable(clf, trainable)
-        crossings[trainable] = len(features.split_frozen(clf).crossing_shapes)
+        crossings[trainable] = len(fc.split_frozen(clf).crossing_shapes)
     assert crossings == {12: 1, 13: 2, 14: 2}
 
 
@@ -60,64 +74,90 @@ def test_cached_training_matches_plain_training(split_frame):
     results = {}
     for use_cache in (True, False):
         training.seed_everything(5)
-        clf = models.build_classifier("MobileNetV2", image_size=SIZE, weights="random", head=head, seed=5)
-        models.set_trainable(clf, 0)
-        result = training.train(clf, split_frame, learning_rate=1e-2, epochs=3, batch_size=4, seed=5,
-                                use_cache=use_cache)
+        clf = classifier(0, seed=5, head=head, learning_rate=1e-2)
+        result = fit(clf, split_frame, epochs=3, seed=5, use_cache=use_cache)
         assert result.cached is use_cache
-        results[use_cache] = (result.history, training.predict(clf, split_frame, batch_size=4, use_cache=False)[0])
+        results[use_cache] = (result.history, training.predict(clf, split_frame, use_cache=False)[0])
     pd.testing.assert_frame_equal(results[True][0], results[False][0], atol=1e-4, check_exact=False)
     np.testing.assert_allclose(results[True][1], results[False][1], atol=1e-4)
 
 
 def test_frozen_outputs_are_computed_once_then_read_from_cache(split_frame):
-    clf = _classifier(0)
-    frozen = features.split_frozen(clf)
-    first, hit1 = features.extract(frozen, split_frame, classifier=clf, batch_size=8)
-    second, hit2 = features.extract(frozen, split_frame, classifier=clf, batch_size=8)
+    clf = classifier(0)
+    frozen = fc.split_frozen(clf)
+    first, hit1 = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
+    second, hit2 = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
     assert (hit1, hit2) == (False, True)
     np.testing.assert_array_equal(first[0], second[0])
 
 
+def test_cache_follows_weight_values_not_names(split_frame):
+    """A backbone trained by one row and frozen by the next (start_from) must miss the cache: its features are
+    those of a direct forward pass through the trained weights."""
+    clf = classifier(14)
+    frozen = fc.split_frozen(clf)
+    before, _ = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
+    fit(clf, split_frame, epochs=2)  # trains the last 14 backbone layers in place
+    models.set_trainable(clf, 0)  # then freeze all of it, as a `start_from` row would
+    frozen_after = fc.split_frozen(clf)
+    after, hit = fc.extract(frozen_after, split_frame, classifier=clf, batch_size=8)
+    assert not hit, "changed weights must not reuse features cached for the old ones"
+    direct = frozen_after.extractor.predict(np.stack([np.asarray(Image.open(p).convert("RGB").resize(
+        (SIZE, SIZE), Image.Resampling.BILINEAR), dtype="float32") for p in split_frame["path"]]), verbose=0)
+    np.testing.assert_allclose(after[0], direct, atol=1e-4)
+    layer = next(w for w in clf.backbone.weights if "kernel" in w.path)  # weights changed in place
+    layer.assign(layer.numpy() * 1.01)
+    assert not fc.extract(fc.split_frozen(clf), split_frame, classifier=clf, batch_size=8)[1]
+    assert before[0].shape[0] == after[0].shape[0]
+
+
+def test_damaged_cache_file_is_recomputed(split_frame, tmp_path):
+    clf = classifier(0)
+    frozen = fc.split_frozen(clf)
+    first, _ = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
+    (entry,) = list((tmp_path / "cache").glob("*.npz"))
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated, as after a crash or a full disk
+    again, hit = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
+    assert not hit
+    np.testing.assert_allclose(again[0], first[0], atol=1e-6)
+
+
 def test_augmentation_trains_on_images_but_validates_on_cached_outputs(split_frame):
-    """Augmentation before the cut forbids caching the training inputs, not the validation ones."""
     histories = []
     for use_cache in (True, False):
         training.seed_everything(3)
-        clf = _classifier(12, augmentation={"flip": "horizontal", "rotation": 0.1})
-        assert features.split_frozen(clf) is None
-        result = training.train(clf, split_frame, learning_rate=1e-3, epochs=2, batch_size=4, seed=3,
-                                use_cache=use_cache)
+        clf = classifier(12, augmentation={"flip": "horizontal", "rotation": 0.1})
+        assert fc.split_frozen(clf) is None
+        result = fit(clf, split_frame, use_cache=use_cache)
         assert not result.cached
         histories.append(result.history)
     pd.testing.assert_frame_equal(histories[0], histories[1], atol=1e-5, check_exact=False)
+
+
+def test_augmentation_views_are_computed_once_and_cycled(split_frame):
+    """augmentation_views: K augmented views' features once, then training cycles through them."""
+    clf = classifier(0, augmentation={"flip": "horizontal", "rotation": 0.2}, augmentation_views=2)
+    result = fit(clf, split_frame, epochs=3)
+    assert result.path == "cached augmented views (2)" and result.epochs_run == 3
+    frozen = fc.split_frozen(clf)
+    views, hit = fc.extract_views(frozen, split_frame[split_frame["side"] == "train"], classifier=clf, views=2,
+                                  seed=3, batch_size=4)
+    assert hit, "the views were cached by the training run"
+    assert not np.allclose(views[0][0], views[1][0], rtol=1e-3, atol=0)  # two different augmentations
+    plain, _ = fc.extract(frozen, split_frame[split_frame["side"] == "train"], classifier=clf, batch_size=4)
+    assert not np.allclose(views[0][0], plain[0], rtol=1e-3, atol=0)  # and not the unaugmented features
 
 
 def test_same_seed_gives_identical_history(split_frame):
     histories = []
     for _ in range(2):
         training.seed_everything(7)
-        clf = _classifier(12)
-        histories.append(training.train(clf, split_frame, learning_rate=1e-3, epochs=2, batch_size=4, seed=7).history)
+        histories.append(fit(classifier(12), split_frame, seed=7).history)
     pd.testing.assert_frame_equal(histories[0], histories[1], check_exact=True)
 
 
-def test_one_run_to_the_largest_budget_equals_separate_runs(split_frame):
-    """lin2024's shortcut: nothing in training depends on the total epoch count."""
-    budgets = [1, 3, 4]
-
-    def run(epochs, snapshot_at=()):
-        training.seed_everything(11)
-        clf = _classifier(0)
-        result = training.train(clf, split_frame, learning_rate=1e-2, epochs=epochs, batch_size=4, seed=11,
-                                budgets=list(snapshot_at))
-        return clf, result
-
-    _, long_run = run(max(budgets), budgets)
-    for budget in budgets:
-        clf, separate = run(budget)
-        trainer_weights = features.split_frozen(clf).trainer.get_weights()
-        for a, b in zip(long_run.snapshots[budget], trainer_weights, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-6)
-        np.testing.assert_allclose(long_run.history["val_accuracy"].iloc[budget - 1],
-                                   separate.history["val_accuracy"].iloc[-1], atol=1e-6)
+def test_early_stopping_reports_the_restored_epoch(split_frame):
+    clf = classifier(0, early_stopping={"monitor": "val_loss", "patience": 1}, learning_rate=0.5)
+    result = fit(clf, split_frame, epochs=8)
+    best = int(result.history["val_loss"].idxmin()) + 1
+    assert result.best_epoch == best and result.epochs_run <= 8

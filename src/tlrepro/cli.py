@@ -1,6 +1,7 @@
-"""Command line: `python -m tlrepro <command>`; DVC stages call these.
+"""Command line: `tlrepro <command>` (or `python -m tlrepro`); the DVC stages call these.
 
-Errors meant for people (UserError) print as one line naming what to fix, without a traceback.
+Every command first validates params.yaml against its schema. Errors meant for people (UserError) print
+as one line naming what to fix, without a traceback, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -11,62 +12,115 @@ import sys
 
 
 def _download(args: argparse.Namespace) -> None:
-    from tlrepro.download import download_dataset
+    from tlrepro.data.download import download_dataset
 
     download_dataset(args.dataset)
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from tlrepro.index import prepare_dataset
+    from tlrepro.data.index import prepare_dataset
 
     prepare_dataset(args.dataset)
 
 
+def _derive(args: argparse.Namespace) -> None:
+    from tlrepro.data.derive import derive_dataset
+
+    derive_dataset(args.dataset)
+
+
+def _overlap(args: argparse.Namespace) -> None:
+    from tlrepro.data.overlap import write_overlap
+
+    write_overlap()
+
+
 def _split(args: argparse.Namespace) -> None:
-    from tlrepro.splits import write_study_split
+    from tlrepro.data.splits import write_study_split
 
     write_study_split(args.study)
 
 
-def _run(args: argparse.Namespace) -> None:
-    from tlrepro.notebook import run_study
+def _pretrain(args: argparse.Namespace) -> None:
+    from tlrepro.studies.transfer import pretrain
 
-    run_study(args.study, overrides=dict(kv.split("=", 1) for kv in args.set or []))
+    pretrain(args.key)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from tlrepro.reports.runner import parse_overrides, run_study
+
+    run_study(args.study, overrides=parse_overrides(args.set))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from tlrepro.report import write_index
+    from tlrepro.reports.index import write_index
 
-    write_index()
+    print(f"wrote {write_index()}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from tlrepro.modeling.predict import predict_cli
+
+    predict_cli(args.model, args.folder, out=args.out, batch_size=args.batch_size, explain=args.explain)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from tlrepro.serve.api import serve
+
+    serve(models_dir=args.models, host=args.host, port=args.port, default=args.default)
+
+
+def _offline_flags(args: argparse.Namespace) -> None:
+    from tlrepro.modeling.offline import offline_flags
+
+    print(offline_flags())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlrepro", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("download", help="fetch a dataset into data/raw/<key> (Kaggle, or $KAGGLE_MIRROR)")
-    p.add_argument("dataset")
-    p.set_defaults(func=_download)
-    p = sub.add_parser("prepare", help="index and validate data/raw/<key> into data/index/<key>.csv")
-    p.add_argument("dataset")
-    p.set_defaults(func=_prepare)
-    p = sub.add_parser("split", help="write data/splits/<study>.csv and its leakage audit")
-    p.add_argument("study")
-    p.set_defaults(func=_split)
-    p = sub.add_parser("run", help="execute notebooks/<study>.ipynb with papermill and render its HTML report")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    command("download", _download, "fetch a dataset into data/raw/<key> (Kaggle, or $KAGGLE_MIRROR)").add_argument("dataset")
+    command("prepare", _prepare, "index and validate data/raw/<key> into data/index/<key>.csv").add_argument("dataset")
+    command("derive", _derive, "make a derived dataset (e.g. stain-normalized) from its source").add_argument("dataset")
+    command("overlap", _overlap, "compare every pair of prepared datasets (exact and perceptual hashes)")
+    command("split", _split, "write data/splits/<study>.csv and its leakage audit").add_argument("study")
+    command("pretrain", _pretrain, "train a `pretraining` entry into models/pretrained/<key>.keras").add_argument("key")
+    p = command("run", _run, "execute notebooks/<study>.ipynb with papermill and render its HTML report")
     p.add_argument("study")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="extra papermill parameter")
-    p.set_defaults(func=_run)
-    p = sub.add_parser("report", help="write reports/index.html: every study's figures beside the paper's")
-    p.set_defaults(func=_report)
+    command("report", _report, "write reports/index.html: every study's figures beside the paper's")
+    p = command("predict", _predict, "label every image of a folder with a saved model (CSV of predictions)")
+    p.add_argument("model", help="a saved .keras file with its card, or a name such as sarker2025/MobileNetV2")
+    p.add_argument("folder", help="searched recursively for every image format prepare accepts")
+    p.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--explain", action="store_true", help="also write a Grad-CAM overlay PNG per image")
+    p = command("serve", _serve, "serve the saved models: a REST API and a web page (FastAPI + uvicorn)")
+    p.add_argument("--models", default=None, help="folder of saved models with cards (default: models/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--default", default=None, help="the model answering requests that name none")
+    command("offline-flags", _offline_flags, "print the -S flags that set random weights where no "
+                                             "ImageNet weights are reachable offline")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ logs would bury our one-line errors
     args = build_parser().parse_args(argv)
-    from tlrepro.errors import UserError
+    from tlrepro.core.config import load_params
+    from tlrepro.core.errors import UserError
 
     try:
+        if args.command not in ("predict", "serve"):
+            load_params()  # every setting checked before any work starts
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

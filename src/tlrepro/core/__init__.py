@@ -1,0 +1,1 @@
+"""Floor 1: params.yaml and its schema, every path, safe writes, errors meant for people."""

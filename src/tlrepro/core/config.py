@@ -1,0 +1,468 @@
+"""params.yaml: one schema, checked before any work starts.
+
+Every section is a pydantic model that forbids unknown keys (a typo names the key and suggests the close
+match), checks types and ranges, and holds the one default of each setting. Rows of a study inherit the
+study's `defaults`; `Study.row(name)` gives the resolved settings. Failures become one UserError line:
+
+    params.yaml `studies.lin2024.protocols.source`: unknown setting `vall`; did you mean `val`?
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlrepro.core import paths
+from tlrepro.core.errors import UserError
+
+# Backbones the model registry (tlrepro.modeling.models.BACKBONES) builds; a test keeps the two equal.
+BackboneName = Literal[
+    "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small", "ResNet50V2", "EfficientNetV2B0", "VGG16", "DenseNet121",
+]
+Preprocessing = Literal["native", "tf", "caffe", "torch", "unit", "raw"]
+View = Literal["rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "transverse"]
+SIDES = ("train", "val", "test")
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    """A params section: unknown keys are errors that suggest the closest known key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                    hint = f"did you mean `{close[0]}`?" if close else f"known settings: {', '.join(sorted(known))}"
+                    raise ValueError(f"unknown setting `{key}`; {hint}")
+        return data
+
+
+class Scale(Strict):
+    max_images_per_class: PosInt | None = None
+    max_epochs: PosInt | None = None
+
+
+class Dataset(Strict):
+    slug: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    labels: Literal["binary", "folder", "breakhis"]
+    classes: list[str] | None = Field(None, min_length=2)  # folder labels: which folders are classes
+    group: str | None = None  # index column that must never sit on two sides (e.g. patient)
+
+
+class Stain(Strict):
+    method: Literal["macenko", "reinhard"]
+    reference: str  # file name of one image of the source dataset
+
+
+class Derived(Strict):
+    source: str = Field(alias="from")
+    stain: Stain
+
+
+class Leakage(Strict):
+    phash_max_distance: int = Field(4, ge=0, le=32)
+
+
+class Evaluation(Strict):
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+
+
+class HeadLayer(Strict):
+    """One layer of a head: exactly one of pool / batch_norm / dropout / dense."""
+
+    pool: Literal["avg", "max", "flatten"] | None = None
+    batch_norm: Literal[True] | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    dense: PosInt | None = None
+    activation: Literal["relu", "sigmoid", "softmax", "linear"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HeadLayer:
+        kinds = [k for k in ("pool", "batch_norm", "dropout", "dense") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a head layer needs exactly one of pool, batch_norm, dropout, dense (got {kinds or 'none'})")
+        if self.activation is not None and self.dense is None:
+            raise ValueError("`activation` belongs to a dense layer")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("pool", "batch_norm", "dropout", "dense") if getattr(self, k) is not None)
+
+
+class Augmentation(Strict):
+    """Keras random layers, active in training only, applied in this order: brightness, flip, rotation,
+    shear, zoom, translation. Factors follow Keras: rotation is a fraction of a full turn (0.0556 = 20 deg)."""
+
+    brightness: Annotated[float, Field(gt=0, le=1)] | None = None
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] | None = None
+    rotation: Annotated[float, Field(gt=0, le=1)] | None = None
+    shear: OpenFraction | None = None
+    zoom: OpenFraction | None = None
+    translation: OpenFraction | None = None
+    fill_mode: Literal["reflect", "nearest", "constant", "wrap"] = "reflect"  # Keras's default
+
+    ORDER: ClassVar[tuple[str, ...]] = ("brightness", "flip", "rotation", "shear", "zoom", "translation")
+
+    @model_validator(mode="after")
+    def _something(self) -> Augmentation:
+        if not self.transforms():
+            raise ValueError(f"augmentation needs at least one of {', '.join(self.ORDER)}")
+        return self
+
+    def transforms(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.ORDER if getattr(self, k) is not None]
+
+
+class EarlyStopping(Strict):
+    monitor: Literal["val_loss", "val_accuracy"]
+    patience: NonNegInt
+    restore_best_weights: bool = True
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ReduceLR(Strict):
+    monitor: Literal["val_loss", "val_accuracy"]
+    factor: OpenFraction
+    patience: NonNegInt
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class SqueezeExcitation(Strict):
+    """Squeeze-and-excitation blocks inserted into a DenseNet (wang2024)."""
+
+    reduction: PosInt = 16
+    dense_layers: bool = True  # after every conv block inside the dense blocks
+    transitions: bool = True   # after every transition layer
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> SqueezeExcitation:
+        if not (self.dense_layers or self.transitions):
+            raise ValueError("se needs dense_layers or transitions (or remove `se`)")
+        return self
+
+
+class RowSettings(Strict):
+    """What a row (or a study's `defaults`) may set; every field optional, so rows inherit defaults."""
+
+    backbone: BackboneName | None = None
+    weights: Literal["imagenet", "random"] | None = None
+    se: SqueezeExcitation | None = None
+    init_from: str | None = None  # a `pretraining` entry: start from its trained backbone, new head
+    image_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+    preprocessing: Preprocessing | None = None
+    head: list[HeadLayer] | None = Field(None, min_length=1)
+    augmentation: Augmentation | None = None
+    augmentation_views: PosInt | None = None
+    trainable_layers: NonNegInt | Literal["all"] | None = None
+    start_from: str | None = None  # an earlier row of the same study: continue training its model
+    optimizer: Literal["adam", "sgd"] | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None  # sgd only
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | None = None
+    epochs: PosInt | None = None
+    max_epochs: PosInt | None = None  # a cap on `epochs` (the paper's count) for practical runs
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
+    early_stopping: EarlyStopping | None = None
+    reduce_lr: ReduceLR | None = None
+
+
+class Row(BaseModel):
+    """A row's settings with the study's defaults and the schema's defaults filled in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    backbone: BackboneName
+    weights: Literal["imagenet", "random"] = "imagenet"
+    se: SqueezeExcitation | None = None
+    init_from: str | None = None
+    image_size: int
+    preprocessing: Preprocessing = "native"
+    head: list[HeadLayer]
+    augmentation: Augmentation | None = None
+    augmentation_views: int | None = None
+    trainable_layers: int | Literal["all"] = 0
+    start_from: str | None = None
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.0
+    learning_rate: float | None = None
+    epochs: int | None = None
+    max_epochs: int | None = None
+    batch_size: int
+    early_stopping: EarlyStopping | None = None
+    reduce_lr: ReduceLR | None = None
+
+    @property
+    def output_units(self) -> int:
+        return int(self.head[-1].dense or 0)
+
+    def settings(self) -> dict[str, Any]:
+        """Plain settings for cards and reports."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def resolve_row(name: str, defaults: RowSettings, row: RowSettings, *, needs_schedule: bool = True) -> Row:
+    merged = {**defaults.model_dump(exclude_unset=True), **row.model_dump(exclude_unset=True)}
+    missing = [k for k in ("backbone", "image_size", "batch_size", "head") if merged.get(k) is None]
+    if needs_schedule:
+        missing += [k for k in ("learning_rate", "epochs") if merged.get(k) is None]
+    if missing:
+        raise ValueError(f"row `{name}` needs {', '.join(f'`{m}`' for m in missing)} (on the row or in `defaults`)")
+    if merged.get("augmentation_views") and not merged.get("augmentation"):
+        raise ValueError(f"row `{name}`: `augmentation_views` needs `augmentation`")
+    if merged.get("momentum") and merged.get("optimizer") != "sgd":
+        raise ValueError(f"row `{name}`: `momentum` is a setting of optimizer sgd")
+    return Row(name=name, **{k: v for k, v in merged.items() if v is not None})
+
+
+class Split(Strict):
+    """One split protocol.
+
+    source: the dataset's own train/test folders, `val` of train carved out (stratified by label);
+    stratified: shuffle each label's images and cut them train/val/test; grouped: whole groups (patients)
+    to each side. `views` expands images into dihedral copies, before the split or on train only.
+    """
+
+    method: Literal["source", "stratified", "grouped"]
+    train: Fraction | None = None
+    val: Fraction | None = None
+    test: Fraction | None = None
+    group: str | None = None  # grouped: the index column; default the dataset's `group`
+    views: list[View] = Field(default_factory=list)
+    expand: Literal["before_split", "train_only"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Split:
+        if self.method == "source":
+            if self.train is not None or self.test is not None:
+                raise ValueError("method `source` takes only `val` (train and test are the dataset's folders)")
+            if self.val is not None and self.val >= 1:
+                raise ValueError("`val` must be below 1")
+        else:
+            fractions = self.fractions()
+            if fractions["train"] <= 0:
+                raise ValueError("`train` must be above 0")
+            if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
+                raise ValueError(f"train/val/test must sum to 1, not {sum(fractions.values()):g}")
+        if bool(self.views) != (self.expand is not None):
+            raise ValueError("`views` and `expand` go together")
+        if len(set(self.views)) != len(self.views):
+            raise ValueError("`views` lists a view twice")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        if self.method == "source":
+            return {"train": 1.0 - (self.val or 0.0), "val": self.val or 0.0, "test": 0.0}
+        return {side: float(getattr(self, side) or 0.0) for side in SIDES}
+
+    def has_side(self, side: str) -> bool:
+        return (self.method == "source" and side == "test") or self.fractions()[side] > 0
+
+
+class Grid(Strict):
+    learning_rates: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=1)
+    epochs: list[PosInt] = Field(min_length=1)
+
+
+class Pretraining(Strict):
+    dataset: str
+    classes: list[str] | None = Field(None, min_length=2)
+    split: Split
+    model: RowSettings
+
+    def row(self, name: str) -> Row:
+        return resolve_row(name, RowSettings(), self.model)
+
+
+class Study(Strict):
+    dataset: str
+    protocols: dict[str, Split] = Field(min_length=1)  # the first is the primary protocol
+    evaluate_on: Literal["val", "test"] = "test"
+    predict_on: Literal["val", "test"] | None = None  # a side scored as an unlabelled prediction folder
+    repeats: PosInt = 1  # seeds per row: seed, seed + 1, ...
+    recall_target: OpenFraction | None = None
+    grid: Grid | None = None
+    defaults: RowSettings = RowSettings()
+    rows: dict[str, RowSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rows_resolve(self) -> Study:
+        for name in self.rows:
+            row = self.row(name)
+            if row.start_from is not None:
+                earlier = list(self.rows)[: list(self.rows).index(name)]
+                if row.start_from not in earlier:
+                    raise ValueError(f"row `{name}`: start_from `{row.start_from}` must name an earlier row "
+                                     f"({', '.join(earlier) or 'there is none'})")
+        for pname, protocol in self.protocols.items():
+            for side in filter(None, (self.evaluate_on, self.predict_on)):
+                if not protocol.has_side(side):
+                    raise ValueError(f"protocol `{pname}` has no `{side}` side, which this study evaluates on")
+        return self
+
+    def row(self, name: str) -> Row:
+        if name not in self.rows:
+            raise UserError(f"Unknown row `{name}`: this study has {', '.join(self.rows)}.")
+        return resolve_row(name, self.defaults, self.rows[name], needs_schedule=self.grid is None)
+
+    def all_rows(self) -> list[Row]:
+        return [self.row(name) for name in self.rows]
+
+    @property
+    def primary_protocol(self) -> str:
+        return next(iter(self.protocols))
+
+
+class Params(Strict):
+    seed: NonNegInt
+    scale: Scale = Scale()
+    datasets: dict[str, Dataset] = Field(min_length=1)
+    derived: dict[str, Derived] = Field(default_factory=dict)
+    leakage: Leakage = Leakage()
+    evaluation: Evaluation = Evaluation()
+    pretraining: dict[str, Pretraining] = Field(default_factory=dict)
+    studies: dict[str, Study] = Field(default_factory=dict)
+
+    @field_validator("datasets", "derived", "pretraining", "studies")
+    @classmethod
+    def _keys(cls, value: dict) -> dict:
+        for key in value:
+            if not KEY.match(str(key)):
+                raise ValueError(f"`{key}` is not a usable name (letters, digits, _ . -; a letter first)")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Params:
+        clash = set(self.datasets) & set(self.derived)
+        if clash:
+            raise ValueError(f"`{', '.join(sorted(clash))}` is both in `datasets` and `derived`")
+        for key, entry in self.derived.items():
+            if entry.source not in self.datasets:
+                raise ValueError(f"derived.{key}.from is `{entry.source}`, not one of `datasets` "
+                                 f"({', '.join(self.datasets)})")
+        for where, name in ([(f"studies.{s}.dataset", v.dataset) for s, v in self.studies.items()]
+                            + [(f"pretraining.{p}.dataset", v.dataset) for p, v in self.pretraining.items()]):
+            if name not in self.all_datasets():
+                raise ValueError(f"{where} is `{name}`, not a known dataset ({', '.join(self.all_datasets())})")
+        for study_id, study in self.studies.items():
+            for row in study.all_rows():
+                if row.init_from is not None and row.init_from not in self.pretraining:
+                    raise ValueError(f"studies.{study_id}.rows.{row.name}.init_from is `{row.init_from}`, not a "
+                                     f"`pretraining` entry ({', '.join(self.pretraining) or 'there is none'})")
+            for pname, protocol in study.protocols.items():
+                self._check_cap(f"studies.{study_id}.protocols.{pname}", protocol)
+        for key, entry in self.pretraining.items():
+            entry.row(key)
+            self._check_cap(f"pretraining.{key}.split", entry.split)
+        return self
+
+    def _check_cap(self, where: str, protocol: Split) -> None:
+        """A per-class cap must leave at least one image of each class on every side the protocol has."""
+        cap = self.scale.max_images_per_class
+        if cap is None or protocol.method == "source":
+            return
+        from tlrepro.core.numbers import allocate
+
+        fractions = protocol.fractions()
+        needed = next(n for n in range(1, 10_000) if all(
+            c > 0 for c, f in zip(allocate(n, list(fractions.values())), fractions.values(), strict=True) if f > 0))
+        if cap < needed:
+            raise ValueError(f"scale.max_images_per_class is {cap}, but {where} needs at least {needed} images "
+                             f"per class to put one on every side")
+
+    def all_datasets(self) -> list[str]:
+        return [*self.datasets, *self.derived]
+
+    def dataset(self, key: str) -> Dataset:
+        """A dataset's settings; a derived dataset has its source's labels and group."""
+        if key in self.datasets:
+            return self.datasets[key]
+        if key in self.derived:
+            return self.datasets[self.derived[key].source]
+        raise UserError(f"Unknown dataset `{key}`: params.yaml has {', '.join(self.all_datasets())}"
+                        f"{_suggest(key, self.all_datasets())}.")
+
+    def study(self, study_id: str) -> Study:
+        if study_id not in self.studies:
+            raise UserError(f"Unknown study `{study_id}`: params.yaml `studies` has "
+                            f"{', '.join(self.studies) or 'none'}{_suggest(study_id, list(self.studies))}.")
+        return self.studies[study_id]
+
+    def epochs(self, row: Row, epochs: int | None = None) -> int:
+        """An epoch count after the row's `max_epochs` and the quick-pass cap `scale.max_epochs`."""
+        caps = [c for c in (epochs if epochs is not None else row.epochs, row.max_epochs, self.scale.max_epochs) if c]
+        return int(min(caps))
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _one_line(exc: ValidationError, path: Path) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    shown = f"params.yaml `{where}`" if where else "params.yaml"
+    if first["type"] not in ("value_error", "assertion_error", "missing") and "input" in first:
+        value = first["input"]
+        if not isinstance(value, dict | list):
+            shown += f" = {value!r}"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    end = "" if message.endswith(("?", ".")) and not more else "."
+    return f"{shown}: {message}{more}{end} Fix it in {paths.relative(path)} (or in your `dvc exp run -S`)."
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the project folder, or set TLREPRO_ROOT to it.")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{paths.relative(path)} is not a UTF-8 text file: restore it (git checkout params.yaml).") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{paths.relative(path)} is not valid YAML{where}: {problem}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{paths.relative(path)} must hold a mapping of sections, e.g. `seed: 42`.")
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, size: int) -> Params:
+    try:
+        return Params.model_validate(read_yaml(Path(path)))
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, Path(path))) from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """params.yaml, validated against the schema; a UserError (one line) names the first bad setting."""
+    path = Path(path or paths.PARAMS_FILE)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise UserError(f"{path} not found: run from the project folder, or set TLREPRO_ROOT to it.") from None
+    return _load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)

@@ -1,0 +1,141 @@
+"""Writing outputs safely: to a temporary path beside the target, then an atomic rename.
+
+An interrupted or failed run therefore never leaves a half-written output behind, and a target that
+cannot be written (a read-only folder, a full disk) is one UserError naming it, not a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tlrepro.core.errors import UserError
+
+
+def _cannot_write(target: Path, exc: OSError) -> UserError:
+    from tlrepro.core.paths import relative
+
+    reason = exc.strerror or str(exc)
+    hint = {errno.EACCES: "make the folder writable", errno.EROFS: "the file system is read-only",
+            errno.ENOSPC: "free some disk space"}.get(exc.errno, "check the folder")
+    return UserError(f"Cannot write {relative(target)} ({reason}): {hint}, then run again.")
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary file path; on success it replaces `target` in one rename."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        try:
+            os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces the folder `target` whole."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move the folder `source` to `target`, replacing any folder there (two renames, no copy)."""
+    try:
+        os.chmod(source, 0o755)  # mkdtemp makes 0700
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(source, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+
+
+def write_text(target: Path | str, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_bytes(target: Path | str, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_json(target: Path | str, data: Any) -> Path:
+    """Stable JSON (sorted keys, no NaN) so equal results give equal bytes."""
+    try:
+        text = json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:  # a NaN or infinity: a degenerate result must not replace a good one
+        raise UserError(f"Refusing to write {target}: {exc} (a degenerate result); nothing was changed.") from None
+    return write_text(target, text)
+
+
+def write_csv(target: Path | str, frame: Any) -> Path:
+    """A pandas DataFrame as CSV, atomically."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+    return Path(target)
+
+
+def plain(value: Any, digits: int = 6) -> Any:
+    """JSON-ready: numpy scalars and arrays to Python, floats rounded to `digits` places, keys to str."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): plain(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v, digits) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist(), digits)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isfinite(value):
+        return round(value, digits)
+    return value
+
+
+def read_json(path: Path | str, what: str = "file") -> Any:
+    """JSON from a file, or a UserError naming it (missing, unreadable, not JSON)."""
+    from tlrepro.core.paths import relative
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{relative(path)} not found ({what}).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{relative(path)} is not a readable JSON {what} ({exc}).") from None

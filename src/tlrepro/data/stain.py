@@ -1,0 +1,190 @@
+"""Stain (colour) normalization of H&E images, fitted once on a reference image.
+
+H&E slides differ in colour from lab to lab and batch to batch; some studies (wang2024: "the original images
+are first subjected to color normalization preprocessing") map every image onto one reference's colours
+before training. This module wraps torchstain's NumPy normalizers and makes them safe to run over a whole
+archive: a bad image (blank, grayscale, degenerate) never raises, it comes back unchanged with the reason.
+
+- torchstain: Barbano et al., https://github.com/EIDOSLAB/torchstain (NumPy backend only, no torch).
+- Macenko et al. 2009, "A method for normalizing histology slides for quantitative analysis", ISBI.
+- Reinhard et al. 2001, "Color transfer between images", IEEE Computer Graphics and Applications.
+
+Tissue criterion: a pixel is tissue when its optical density OD = -log((I + 1) / 240) is at least 0.15 in
+all three channels, exactly the pixels torchstain's Macenko keeps to estimate stain vectors (Io=240,
+beta=0.15). An image whose tissue fraction is below `min_tissue_fraction` is not normalized, with either
+method: Macenko has too few pixels to estimate stains, and Reinhard would stretch background noise to the
+reference's contrast.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torchstain
+from PIL import Image
+from tqdm import tqdm
+
+METHODS = ("macenko", "reinhard")
+# torchstain's Macenko defaults, passed explicitly so the tissue criterion stays in step with it.
+IO = 240
+ALPHA = 1
+BETA = 0.15
+# Turn NumPy's silent NaN/inf (e.g. 0/0 on a flat channel, which Reinhard casts to a black image) into errors.
+_FP_ERRORS = {"divide": "raise", "invalid": "raise", "over": "raise"}
+
+
+@dataclass(frozen=True, eq=False)
+class StainResult:
+    """A normalized image (uint8 HxWx3), or the original one with `normalized=False` and the reason."""
+
+    image: np.ndarray
+    normalized: bool
+    reason: str | None = None
+
+
+def tissue_fraction(image: np.ndarray) -> float:
+    """Fraction of pixels of an HxWx3 RGB image whose optical density is at least BETA in every channel."""
+    od = -np.log((image.reshape(-1, 3).astype(np.float64) + 1) / IO)
+    return float(np.all(od >= BETA, axis=1).mean())
+
+
+def _shape_problem(image: np.ndarray) -> str | None:
+    if not isinstance(image, np.ndarray):
+        return f"expected a NumPy array, got {type(image).__name__}"
+    if image.ndim == 2:
+        return "grayscale image (HxW); stain normalization needs RGB"
+    if image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+        return f"expected an HxWx3 RGB image, got shape {image.shape}"
+    if image.dtype != np.uint8:
+        return f"expected uint8 pixels, got {image.dtype}"
+    return None
+
+
+def _as_uint8(out: object, shape: tuple[int, ...]) -> np.ndarray:
+    """torchstain's output as uint8 of `shape`, or ValueError when it is unusable."""
+    out = np.asarray(out)
+    if out.shape != shape:
+        raise ValueError(f"output shape {out.shape} differs from input shape {shape}")
+    if out.dtype == np.uint8:
+        return out
+    out = out.astype(np.float64)
+    if not np.isfinite(out).all():
+        raise ValueError("non-finite output values")
+    # One level of slack for rounding; anything further out means the method went wrong.
+    if out.min() < -1 or out.max() > 256:
+        raise ValueError(f"output values out of range [{out.min():.1f}, {out.max():.1f}]")
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+class StainNormalizer:
+    """Maps H&E images onto the colours of one reference image with Macenko or Reinhard normalization.
+
+    `normalize` accepts only HxWx3 uint8 RGB images; anything else (HxW grayscale included) is returned
+    unchanged, not converted, with `normalized=False` and the reason. Fallback results hold the very input
+    array, not a copy. Fitted state is only read after `__init__`, so one instance can serve many threads.
+    """
+
+    def __init__(self, method: str, reference: np.ndarray, *, min_tissue_fraction: float = 0.01) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown stain normalization method {method!r}; expected one of {METHODS}")
+        if not 0 <= min_tissue_fraction <= 1:
+            raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {min_tissue_fraction}")
+        self.method = method
+        self.min_tissue_fraction = min_tissue_fraction
+
+        def unusable(why: str) -> ValueError:
+            return ValueError(f"the {method} reference image is unusable: {why}")
+
+        if problem := _shape_problem(reference):
+            raise unusable(problem)
+        if (fraction := tissue_fraction(reference)) < min_tissue_fraction:
+            raise unusable(f"too little tissue ({fraction:.2%} of pixels, minimum {min_tissue_fraction:.2%})")
+        macenko = method == "macenko"
+        if macenko:
+            self.fitted = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+        else:
+            self.fitted = torchstain.normalizers.ReinhardNormalizer(backend="numpy")
+        self._options = {"Io": IO, "alpha": ALPHA, "beta": BETA} if macenko else {}
+        try:
+            with np.errstate(**_FP_ERRORS):
+                self.fitted.fit(reference, **self._options)
+        except Exception as exc:
+            raise unusable(f"fitting failed: {type(exc).__name__}: {exc}") from exc
+        # fit() can also "succeed" with parameters that would ruin every image: check them.
+        if macenko:
+            params = np.concatenate([self.fitted.HERef.ravel(), self.fitted.maxCRef])
+            if not np.isfinite(params).all() or (self.fitted.maxCRef <= 0).any():
+                raise unusable(f"degenerate stain estimate (maxC {self.fitted.maxCRef})")
+            hematoxylin, eosin = self.fitted.HERef.T
+            # Parallel vectors mean one colour only (e.g. a flat patch): unmixing onto them is meaningless.
+            cosine = abs(hematoxylin @ eosin) / (np.linalg.norm(hematoxylin) * np.linalg.norm(eosin))
+            if cosine > 0.99:
+                raise unusable(f"its two stain vectors are nearly parallel (cosine {cosine:.3f})")
+        elif not np.isfinite(self.fitted.target_stds).all() or (self.fitted.target_stds <= 1e-6).any():
+            raise unusable(f"a flat colour channel (LAB standard deviations {self.fitted.target_stds})")
+
+    def normalize(self, image: np.ndarray) -> StainResult:
+        """`image` mapped onto the reference's colours; never raises, falls back to `image` itself."""
+        if problem := _shape_problem(image):
+            return StainResult(image, False, problem)
+        if (fraction := tissue_fraction(image)) < self.min_tissue_fraction:
+            return StainResult(image, False, f"too little tissue ({fraction:.2%} of pixels, "
+                                             f"minimum {self.min_tissue_fraction:.2%})")
+        try:
+            with np.errstate(**_FP_ERRORS):
+                if self.method == "macenko":
+                    out = self.fitted.normalize(image, stains=False, **self._options)[0]
+                else:
+                    out = self.fitted.normalize(image)
+                out = _as_uint8(out, image.shape)
+        except Exception as exc:
+            return StainResult(image, False, f"{self.method} failed: {type(exc).__name__}: {exc}")
+        return StainResult(out, True, None)
+
+
+def _write_png(image: np.ndarray, target: Path) -> None:
+    """Write atomically: a temporary file beside `target`, then os.replace, so no half-written PNG remains."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(image).save(handle, format="PNG")
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _normalize_file(source: Path, target: Path, normalizer: StainNormalizer) -> dict:
+    try:
+        with Image.open(source) as opened:
+            pixels = np.asarray(opened.convert("RGB"))
+    # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
+    except Exception as exc:
+        return {"source": str(source), "target": "", "normalized": False,
+                "reason": f"unreadable source: {type(exc).__name__}: {exc}"}
+    result = normalizer.normalize(pixels)
+    _write_png(result.image, target)
+    return {"source": str(source), "target": str(target), "normalized": result.normalized,
+            "reason": result.reason or ""}
+
+
+def normalize_files(pairs: list[tuple[Path, Path]], normalizer: StainNormalizer, *, workers: int = 2,
+                    progress: bool = True) -> list[dict]:
+    """Normalize each (source image, destination PNG) pair and return one row per pair, in input order.
+
+    Every readable source gets a PNG at its destination: the normalized image, or the original when
+    normalization fell back (its row says why). An unreadable source gets no file and target "". Errors
+    writing a destination (disk full, permissions) are not the image's fault and propagate.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = pool.map(lambda pair: _normalize_file(Path(pair[0]), Path(pair[1]), normalizer), pairs)
+        return list(tqdm(rows, total=len(pairs), desc=f"stain ({normalizer.method})", unit="image",
+                         disable=None if progress else True))

@@ -1,0 +1,319 @@
+"""Models: a backbone registry, heads and augmentation built from params, and freeze policies.
+
+A classifier takes RGB images with values in 0..255 and returns class probabilities (P(malignant) for a
+binary model):
+
+    image -> [augmentation] -> preprocessing -> backbone [with SE blocks] -> head
+
+Every part is a real, serializable Keras layer (no Lambda), so a saved model loads with
+`keras.saving.load_model(path, safe_mode=True)`. All settings arrive as validated `config.Row`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+from tlrepro.core import config
+from tlrepro.core.config import Augmentation, HeadLayer, Row
+from tlrepro.core.errors import UserError
+
+# ---------------------------------------------------------------- preprocessing
+
+
+@keras.saving.register_keras_serializable(package="tlrepro")
+class ImageNetPreprocessing(layers.Layer):
+    """Maps 0..255 RGB to what a backbone was trained on.
+
+    mode: `tf` (-1..1), `caffe` (BGR minus the ImageNet mean), `torch` (0..1, ImageNet mean/std),
+    `unit` (0..1, the "rescale 1/255" several papers use) or `raw` (unchanged: the backbone
+    preprocesses inside itself, as EfficientNetV2 and MobileNetV3 do).
+    """
+
+    MODES = ("tf", "caffe", "torch", "unit", "raw")
+    _MEAN_RGB = (123.68, 116.779, 103.939)
+    _TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+    _TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+    def __init__(self, mode: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, not {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, "float32")
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "caffe":
+            bgr = keras.ops.flip(x, axis=-1)
+            return bgr - keras.ops.convert_to_tensor(self._MEAN_RGB[::-1], dtype="float32")
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(self._TORCH_MEAN_RGB, dtype="float32")
+            std = keras.ops.convert_to_tensor(self._TORCH_STD_RGB, dtype="float32")
+            return (x / 255.0 - mean) / std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+# ---------------------------------------------------------------- backbones
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one Keras application without its top, and where its ImageNet weights live."""
+
+    builder: Callable[..., keras.Model]
+    preprocessing: str  # ImageNetPreprocessing mode the weights expect
+    weights_file: Callable[[int], str]  # Keras's own file name, given the image size
+    extra_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def _mobilenet_v2_file(size: int) -> str:
+    rows = size if size in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "MobileNetV2": BackboneSpec(keras.applications.MobileNetV2, "tf", _mobilenet_v2_file),
+    "MobileNetV3Large": BackboneSpec(
+        keras.applications.MobileNetV3Large, "raw",
+        lambda _: "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5", (("include_preprocessing", True),),
+    ),
+    "MobileNetV3Small": BackboneSpec(
+        keras.applications.MobileNetV3Small, "raw",
+        lambda _: "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", (("include_preprocessing", True),),
+    ),
+    "ResNet50V2": BackboneSpec(
+        keras.applications.ResNet50V2, "tf", lambda _: "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "EfficientNetV2B0": BackboneSpec(
+        keras.applications.EfficientNetV2B0, "raw", lambda _: "efficientnetv2-b0_notop.h5",
+        (("include_preprocessing", True),),
+    ),
+    "VGG16": BackboneSpec(
+        keras.applications.VGG16, "caffe", lambda _: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "DenseNet121": BackboneSpec(
+        keras.applications.DenseNet121, "torch", lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise UserError(f"Unknown backbone `{name}`: choose one of {', '.join(BACKBONES)}.")
+    return BACKBONES[name]
+
+
+def weights_location(name: str, image_size: int) -> str:
+    """What to pass as `weights=` for ImageNet weights: a local file, or Keras's 'imagenet' download.
+
+    IMAGENET_WEIGHTS_DIR, when set, must hold the file under Keras's own name. It is loaded by path,
+    never through Keras's cache, whose hash check rejects re-saved copies.
+    """
+    file_name = backbone_spec(name).weights_file(image_size)
+    if folder := os.environ.get("IMAGENET_WEIGHTS_DIR"):
+        path = Path(folder) / file_name
+        if not path.is_file():
+            raise UserError(
+                f"IMAGENET_WEIGHTS_DIR={folder} has no {file_name} (ImageNet weights for {name}). "
+                "Put the file there, or unset IMAGENET_WEIGHTS_DIR so Keras downloads it, "
+                "or set this row's `weights: random` in params.yaml (reports then say so)."
+            )
+        return str(path)
+    return "imagenet"
+
+
+def weights_provenance(name: str, weights: str, image_size: int) -> dict[str, str]:
+    """Where a backbone's initial weights came from, with the file's sha256 when there is a file."""
+    if weights == "random":
+        return {"source": "random", "note": "random initialisation (Keras defaults, seeded)"}
+    location = weights_location(name, image_size)
+    file_name = backbone_spec(name).weights_file(image_size)
+    keras_cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    path = Path(location) if location != "imagenet" else keras_cache / file_name
+    digest = _sha256(path) if path.is_file() else "unknown"
+    return {"source": "imagenet", "file": file_name, "sha256": digest,
+            "from": "IMAGENET_WEIGHTS_DIR" if location != "imagenet" else "Keras download"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
+    """The backbone without its top, with ImageNet weights or (only when asked) random ones."""
+    spec = backbone_spec(name)
+    source = None if weights == "random" else weights_location(name, image_size)
+    try:
+        return spec.builder(include_top=False, weights=source, input_shape=(image_size, image_size, 3),
+                            **dict(spec.extra_kwargs))
+    except Exception as exc:  # Keras raises plain Exception on a failed download, h5py OSError on a bad file
+        detail = " ".join(str(exc).split())[:160]
+        if source not in (None, "imagenet"):
+            raise UserError(f"Cannot load ImageNet weights for {name} from {source} ({type(exc).__name__}: "
+                            f"{detail}): the file is damaged or not {name}'s; replace it, or set the row's "
+                            f"`weights: random`.") from None
+        if source is None:
+            raise
+        raise UserError(
+            f"Could not get ImageNet weights for {name} ({type(exc).__name__}: {detail}). Either let Keras "
+            f"download them (needs the internet), or set IMAGENET_WEIGHTS_DIR to a folder holding "
+            f"{spec.weights_file(image_size)}, or set this row's `weights: random` in params.yaml."
+        ) from None
+
+
+# ---------------------------------------------------------------- heads and augmentation
+
+_POOLS = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "flatten": layers.Flatten}
+
+
+def build_head(spec: Sequence[HeadLayer], name: str = "head") -> keras.Sequential:
+    """A head from its params spec: a list of one-key layers, e.g.
+    [{pool: avg}, {batch_norm: true}, {dropout: 0.4}, {dense: 1, activation: sigmoid}]."""
+    built: list[layers.Layer] = []
+    for item in spec:
+        if item.pool is not None:
+            built.append(_POOLS[item.pool]())
+        elif item.batch_norm:
+            built.append(layers.BatchNormalization())
+        elif item.dropout is not None:
+            built.append(layers.Dropout(item.dropout))
+        else:
+            built.append(layers.Dense(item.dense, activation=item.activation))
+    return keras.Sequential(built, name=name)
+
+
+def build_augmentation(spec: Augmentation | None, seed: int) -> keras.Sequential | None:
+    """Keras random layers (active in training only), each with its own seed stream: layers seeded alike
+    would draw the same numbers (a rotation and a zoom moving together)."""
+    if spec is None:
+        return None
+    fill = spec.fill_mode
+    makers = {
+        "brightness": lambda v, s: layers.RandomBrightness(v, value_range=(0, 255), seed=s),
+        "flip": lambda v, s: layers.RandomFlip(v, seed=s),
+        "rotation": lambda v, s: layers.RandomRotation(v, fill_mode=fill, seed=s),
+        "shear": lambda v, s: layers.RandomShear(v, v, fill_mode=fill, seed=s),
+        "zoom": lambda v, s: layers.RandomZoom(v, fill_mode=fill, seed=s),
+        "translation": lambda v, s: layers.RandomTranslation(v, v, fill_mode=fill, seed=s),
+    }
+    built = [makers[name](value, seed_stream(seed, i)) for i, (name, value) in enumerate(spec.transforms())]
+    return keras.Sequential(built, name="augmentation")
+
+
+def seed_stream(seed: int, i: int) -> int:
+    """The seed of the i-th random layer: far apart, so streams never coincide."""
+    return int(seed) * 1000 + 7919 * (i + 1)
+
+
+# ---------------------------------------------------------------- classifier
+
+
+@dataclass
+class Classifier:
+    """The full model plus handles on its parts (they share layers with `model`)."""
+
+    model: keras.Model
+    backbone: keras.Model
+    preprocessing: ImageNetPreprocessing
+    head: keras.Sequential
+    augmentation: keras.Sequential | None
+    row: Row
+    classes: tuple[str, ...]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+
+def build_classifier(row: Row, *, classes: Sequence[str], seed: int,
+                     backbone: keras.Model | None = None) -> Classifier:
+    """image (0..255) -> [augmentation] -> preprocessing -> backbone -> head, from a resolved row.
+
+    `backbone` overrides the row's (e.g. one trained on another dataset: `init_from`).
+    """
+    if row.output_units != (1 if len(classes) == 2 else len(classes)):
+        raise UserError(f"row `{row.name}`: the head's last dense layer has {row.output_units} units, but the "
+                        f"model has {len(classes)} classes ({', '.join(classes)}): use 1 (sigmoid) for two "
+                        f"classes, else one unit per class (softmax).")
+    keras.utils.set_random_seed(seed)  # the head's initial weights depend on the seed alone
+    if backbone is None:
+        backbone = build_backbone(row.backbone, row.image_size, row.weights)
+        if row.se is not None:
+            from tlrepro.modeling.blocks import insert_squeeze_excitation
+
+            backbone = insert_squeeze_excitation(backbone, reduction=row.se.reduction,
+                                                 dense_layers=row.se.dense_layers, transitions=row.se.transitions)
+    mode = backbone_spec(row.backbone).preprocessing if row.preprocessing == "native" else row.preprocessing
+    prep = ImageNetPreprocessing(mode, name="preprocessing")
+    aug = build_augmentation(row.augmentation, seed)
+    top = build_head(row.head)
+    inputs = keras.Input((row.image_size, row.image_size, 3), name="image")
+    x = aug(inputs) if aug is not None else inputs
+    outputs = top(backbone(prep(x)))
+    model = keras.Model(inputs, outputs, name=f"{row.backbone}_classifier")
+    return Classifier(model, backbone, prep, top, aug, row, tuple(classes))
+
+
+def parts_of(model: keras.Model) -> tuple[keras.Model, ImageNetPreprocessing, keras.Sequential, keras.Sequential | None]:
+    """(backbone, preprocessing, head, augmentation) of a model built by build_classifier (or loaded)."""
+    by_name = {layer.name: layer for layer in model.layers}
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model)
+                    and layer.name not in ("head", "augmentation"))
+    return backbone, by_name["preprocessing"], by_name["head"], by_name.get("augmentation")
+
+
+def classifier_from_model(model: keras.Model, row: Row, classes: Sequence[str]) -> Classifier:
+    backbone, prep, head, aug = parts_of(model)
+    return Classifier(model, backbone, prep, head, aug, row, tuple(classes))
+
+
+# ---------------------------------------------------------------- freeze policies
+
+
+def set_trainable(classifier: Classifier, trainable_layers: int | str) -> None:
+    """Freeze policy for the backbone: 0 (frozen), N (its last N layers trainable) or 'all'.
+
+    Layers in the frozen part get `trainable = False`, which in Keras 3 also keeps BatchNormalization
+    there in inference mode. The head stays trainable. Recompile after calling this.
+    """
+    backbone_layers = classifier.backbone.layers
+    cut = 0 if trainable_layers == "all" else max(len(backbone_layers) - int(trainable_layers), 0)
+    classifier.backbone.trainable = True
+    for i, layer in enumerate(backbone_layers):
+        layer.trainable = i >= cut
+    classifier.head.trainable = True
+
+
+def trainable_count(model: keras.Model) -> int:
+    return int(sum(keras.ops.size(w) for w in model.trainable_weights))
+
+
+def parameter_count(model: keras.Model) -> int:
+    return int(sum(keras.ops.size(w) for w in model.weights))
+
+
+def check_registry() -> None:
+    """The schema's backbone names and this registry agree (called by the tests)."""
+    names = set(config.BackboneName.__args__)
+    assert names == set(BACKBONES), (names ^ set(BACKBONES))

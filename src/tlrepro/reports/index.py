@@ -1,0 +1,142 @@
+"""reports/index.html: every study's published figures beside ours, a forest plot, provenance and the
+dataset overlap matrix.
+
+It reads what the study stages wrote: reports/metrics/<study>.json (headline figures) and
+<study>.details.json (provenance, every figure, seed spreads), for every study of params.yaml and
+paper_figures.yaml, without listing them; and data/overlap.json. A study that has not run is listed as such;
+the index never fails because one study is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from tlrepro.core import config, io, paths
+from tlrepro.core.errors import UserError
+from tlrepro.results import compare
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _read(path: Path, what: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data = io.read_json(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UserError(f"{paths.relative(path)} has no `results` mapping: re-run `dvc repro study@{path.stem.split('.')[0]}`.")
+    return data
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, int | float) and float(value).is_integer() and abs(value) >= 2:
+        return f"{int(value):,}"
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
+
+
+def _ci(value: Any, low: Any, high: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def comparison_rows(study: str, metrics: dict[str, Any], details: dict[str, Any]) -> pd.DataFrame:
+    """The paper vs ours frame for a study: ours per paper row under the primary protocol, with seed spreads."""
+    primary = details.get("provenance", {}).get("primary_protocol")
+    results = details.get("results", {})
+    ours, spread = {}, {}
+    for key, figures in metrics["results"].items():
+        protocol, _, row = key.rpartition("/")
+        if protocol and protocol != primary:
+            continue
+        detail = results.get(key, {})
+        ours[row] = {**(detail.get("evaluation") or detail.get("test") or {}), **figures}
+        spread[row] = {m: s for m, s in (detail.get("seeds") or {}).items() if isinstance(s, dict)}
+    return compare.compare(study, ours, spread=spread)
+
+
+def section(study: str, metrics: dict[str, Any] | None, details: dict[str, Any] | None) -> dict[str, Any]:
+    paper = compare.load(study)
+    out: dict[str, Any] = {"id": study, "paper": paper, "ran": metrics is not None}
+    if metrics is None:
+        return out
+    details = details or {}
+    prov = details.get("provenance", {"dataset": metrics.get("dataset"), "paper_dataset": paper.get("dataset"),
+                                      "random_init": metrics.get("random_init", [])})
+    frame = comparison_rows(study, metrics, details)
+    confidence = config.load_params().evaluation.confidence
+    out.update(
+        dataset=metrics.get("dataset"), dataset_info=compare.datasets().get(prov.get("source_dataset", metrics.get("dataset")), {}),
+        dataset_differs=prov.get("source_dataset", metrics.get("dataset")) != paper.get("dataset"),
+        random_init=list(metrics.get("random_init") or []), provenance=prov,
+        lines=[{"row": r.row, "metric": r.metric.replace("_", " "), "paper": _fmt(r.paper, 4),
+                "ours": _ci(r.ours, r.ci_low, r.ci_high), "difference": "—" if pd.isna(r.difference) else f"{r.difference:+.4f}",
+                "seeds": "—" if pd.isna(r.seed_std) else f"{r.seed_mean:.3f} ± {r.seed_std:.3f} (n={int(r.seeds)})"}
+               for r in frame.itertuples()],
+        notes=compare.difference_notes(frame, prov, confidence), frame=frame,
+        ours_only=[{"key": k, **{m: _ci(v.get(m), v.get(f"{m}_ci_low"), v.get(f"{m}_ci_high")) for m in ("accuracy",)},
+                    "f1": _fmt(v.get("f1")), "roc_auc": _fmt(v.get("roc_auc"))}
+                   for k, v in metrics["results"].items()],
+        html=f"{study}.html", html_exists=(paths.REPORTS / f"{study}.html").is_file(),
+        level=f"{confidence:.0%}",
+    )
+    return out
+
+
+def forest_plot(sections: list[dict[str, Any]]) -> str:
+    """Every headline figure, paper beside ours with its interval and seed spread: a PNG as a data URI."""
+    from tlrepro.results import plots
+
+    frames = [s["frame"].assign(study=s["id"]) for s in sections if s.get("ran") and len(s.get("frame", []))]
+    if not frames:
+        return ""
+    fig = plots.forest(pd.concat(frames, ignore_index=True))
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def overlap_table(overlap: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not overlap:
+        return None
+    names = list(overlap["datasets"])
+    rows = []
+    for a in names:
+        cells = []
+        for b in names:
+            v = overlap["matrix"][a][b]
+            cells.append("—" if a == b else f"{v['exact']:,} exact / {v['near']:,} near")
+        rows.append({"dataset": a, "images": f"{overlap['datasets'][a]:,}", "cells": cells})
+    return {"names": names, "rows": rows, "distance": overlap["phash_max_distance"]}
+
+
+def render_index(sections: list[dict[str, Any]], overlap: dict[str, Any] | None) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("index.html.j2").render(
+        sections=sections, datasets=compare.datasets(), forest=forest_plot(sections), overlap=overlap_table(overlap))
+
+
+def write_index() -> Path:
+    """Write reports/index.html from the metrics and details files; returns its path."""
+    params = config.load_params()
+    ids = list(dict.fromkeys([*compare.studies(), *params.studies]))
+    sections = [section(s, _read(paths.metrics_json(s), "metrics file"), _read_details(s)) for s in ids
+                if s in compare.studies()]
+    overlap = io.read_json(paths.overlap_json(), "overlap file") if paths.overlap_json().is_file() else None
+    return io.write_text(paths.REPORTS / "index.html", render_index(sections, overlap))
+
+
+def _read_details(study: str) -> dict[str, Any] | None:
+    path = paths.details_json(study)
+    return io.read_json(path, "details file") if path.is_file() else None

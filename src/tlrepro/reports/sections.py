@@ -1,0 +1,237 @@
+"""The report sections every study notebook shares: header, data, leakage audit, figures, paper vs ours.
+
+Each function displays readable tables (named columns, no raw indexes, rounded values, intervals written
+`0.861 [0.832, 0.889]`) and figures, and returns what it showed so a notebook can reuse it. Numbers come
+from the run (its split, its params); nothing here knows a particular study.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from IPython.display import HTML, Markdown, display
+
+from tlrepro.core import paths
+from tlrepro.data.leakage import MATCH_KINDS
+from tlrepro.results import compare, plots
+from tlrepro.studies.base import Study
+
+SIDE_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def ci(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """'0.861 [0.832, 0.889]', or the value alone, or a dash."""
+    if value is None or pd.isna(value):
+        return "—"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """Counts with separators, rates to `digits` places, tiny values (learning rates) as 1e-05, times to 0.1."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if float(value).is_integer() and (isinstance(value, int) or abs(value) >= 2):
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 2:
+        return f"{value:.1f}"
+    if 0 < abs(value) < 1e-3:
+        return f"{value:.0e}"
+    return f"{value:.{digits}f}"
+
+
+def table(frame: pd.DataFrame, caption: str | None = None, digits: int = 4) -> Any:
+    """A DataFrame as people read it: no index, numbers formatted, text left-aligned, an optional caption."""
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    styler = frame.style.hide(axis="index").format(lambda v: number(v, digits))
+    if text:
+        styler = styler.set_properties(subset=text, **{"text-align": "left"})
+    if caption:
+        styler = styler.set_caption(caption)
+    return styler.set_table_styles([
+        {"selector": "caption", "props": "caption-side: top; font-weight: bold; text-align: left;"},
+        {"selector": "th", "props": "text-align: left;"},
+        {"selector": "td", "props": "padding: 2px 10px;"}])
+
+
+def show(obj: Any) -> Any:
+    display(obj)
+    return obj
+
+
+def note(text: str) -> None:
+    display(Markdown(text))
+
+
+def header(study: Study, description: str = "") -> None:
+    """The run's headline: random-weight warning, dataset and seed, and every row's settings."""
+    banner = compare.random_init_banner(study.random_init())
+    if banner:
+        display(HTML(f'<div style="background:#fdecea;border-left:6px solid #c62828;padding:.6em 1em;'
+                     f'font-weight:600;color:#8e1b1b">⚠ {banner}</div>'))
+    prov = study.provenance()
+    subset = ""
+    if prov["published_images"] and prov["images"] < prov["published_images"]:
+        subset = f" (a subset: {prov['images']:,} of the published {prov['published_images']:,} images)"
+    note(f"**Dataset:** `{study.dataset}`{subset} · **protocols:** {', '.join(study.protocols)} · "
+         f"**evaluated on:** {SIDE_NAMES[study.settings.evaluate_on]} · **seed:** {study.seed}"
+         + (f" · **seeds per row:** {study.settings.repeats}" if study.settings.repeats > 1 else "")
+         + (f"\n\n{description}" if description else ""))
+    show(table(rows_table(study), "Rows and their settings (params.yaml)"))
+
+
+def rows_table(study: Study) -> pd.DataFrame:
+    records = []
+    for row in study.rows:
+        weights = prov_weights(study, row.name)
+        records.append({
+            "row": row.name, "backbone": row.backbone + (" + SE" if row.se else ""),
+            "weights": weights, "start": row.start_from or row.init_from or "new",
+            "trainable backbone layers": row.trainable_layers, "optimizer": row.optimizer,
+            "learning rate": f"{row.learning_rate:g}" if row.learning_rate is not None else "grid",
+            "epochs": (f"{study.epochs(row)} (paper {row.epochs})" if row.epochs and study.epochs(row) < row.epochs
+                       else row.epochs or "grid"),
+            "batch": row.batch_size, "image size": row.image_size,
+            "augmentation": ", ".join(f"{k} {v}" for k, v in row.augmentation.transforms()) if row.augmentation else "—",
+            "head": " → ".join(_layer(h) for h in row.head),
+        })
+    return pd.DataFrame(records)
+
+
+def prov_weights(study: Study, row: str) -> str:
+    info = study.provenance()["weights"][row]
+    if info["source"] == "random":
+        return "RANDOM"
+    return f"ImageNet (sha256 {info['sha256'][:12]}…)" if info.get("sha256") not in (None, "unknown") else "ImageNet"
+
+
+def _layer(h: Any) -> str:
+    if h.pool:
+        return f"{h.pool} pool"
+    if h.batch_norm:
+        return "batch norm"
+    if h.dropout is not None:
+        return f"dropout {h.dropout:g}"
+    return f"dense {h.dense}" + (f" {h.activation}" if h.activation else "")
+
+
+def data(study: Study, sample: int = 12) -> pd.DataFrame:
+    """Images per protocol, side and class, the class balance, and a sample of training images."""
+    counts = (study.split.groupby(["protocol", "side", "label"]).size().unstack("label", fill_value=0)
+              .reset_index())
+    order = {p: i for i, p in enumerate(study.protocols)} | {s: i for i, s in enumerate(SIDE_NAMES)}
+    counts = counts.sort_values(["protocol", "side"], key=lambda c: c.map(order)).reset_index(drop=True)
+    counts["side"] = counts["side"].map(SIDE_NAMES)
+    counts["total"] = counts.drop(columns=["protocol", "side"]).sum(axis=1)
+    show(table(counts, "Images per protocol, side and class"))
+    primary = study.protocol()
+    display(plots.class_balance(primary.rename(columns={"side": "split"})))
+    train = study.part("train").drop_duplicates("path")
+    display(plots.sample_grid([paths.PROJECT_ROOT / p for p in train["path"]], list(train["label"]), n=sample,
+                              seed=study.seed, title="A sample of training images"))
+    return counts
+
+
+def leakage(study: Study) -> pd.DataFrame:
+    """The audit of every protocol: duplicates, near duplicates, rotated/flipped copies and shared groups
+    across sides, and how many evaluation images match a training image."""
+    audit = json.loads(paths.leakage_details_json(study.id).read_text())
+    records = []
+    for protocol, report in audit.items():
+        for pair, counts in report["by_sides"].items():
+            records.append({"protocol": protocol, "sides": pair.replace("-", " / "),
+                            "exact duplicates": counts["exact_duplicate_pairs"],
+                            "near duplicates": counts["near_duplicate_pairs"],
+                            "same up to rotation/flip": counts["dihedral_copy_pairs"],
+                            **{k.replace("_", " "): v for k, v in counts.items() if k.endswith("s_shared")}})
+    frame = pd.DataFrame(records)
+    show(table(frame, f"Pairs of images across sides (perceptual hash distance ≤ "
+                      f"{study.params.leakage.phash_max_distance} bits counts as near)"))
+    side = study.settings.evaluate_on
+    matches = pd.DataFrame([{"protocol": p, f"{SIDE_NAMES[side]} images": r["images_per_side"].get(side, 0),
+                             **{f"matching a training image ({k})": r["eval_images_matching_train"][side][k]
+                                for k in MATCH_KINDS}}
+                            for p, r in audit.items()])
+    show(table(matches, f"{SIDE_NAMES[side].capitalize()} images that also appear, exactly or nearly, in training"))
+    return frame
+
+
+def figures_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequence[str] = (
+        "accuracy", "precision", "recall", "f1", "roc_auc", "loss"), spread: Mapping[str, Any] | None = None,
+        caption: str | None = None) -> pd.DataFrame:
+    """Rows of figures with their intervals: `results` maps a row name to flat figures."""
+    records = []
+    for name, m in results.items():
+        rec: dict[str, Any] = {"row": name, "images": m.get("n")}
+        for k in metric_names:
+            rec[k.replace("_", " ")] = ci(m.get(k), m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high"))
+        s = (spread or {}).get(name)
+        if s:
+            rec["accuracy over seeds"] = f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['seeds']})"
+        records.append(rec)
+    frame = pd.DataFrame(records)
+    show(table(frame, caption))
+    return frame
+
+
+def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
+                  spread: Mapping[str, Mapping[str, Any]] | None = None, metrics: Sequence[str] | None = None,
+                  label: str = "") -> pd.DataFrame:
+    """The paper's figures beside ours with intervals and seed spread, a figure, notes on every difference,
+    every deviation from the paper with its reason, and the run's provenance."""
+    frame = compare.compare(study.id, ours, metrics=metrics, spread=spread)
+    shown = pd.DataFrame({
+        "row": frame["row"], "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
+        "ours [CI]": [ci(o, lo, hi) for o, lo, hi in zip(frame["ours"], frame["ci_low"], frame["ci_high"], strict=True)],
+        "ours − paper": frame["difference"],
+        "over seeds": [f"{m:.3f} ± {s:.3f}" if pd.notna(s) else "—" for m, s in zip(frame["seed_mean"], frame["seed_std"], strict=True)],
+    })
+    if frame["seed_std"].isna().all():
+        shown = shown.drop(columns="over seeds")
+    level = f"{study.params.evaluation.confidence:.0%}"
+    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours: {level} bootstrap interval "
+                      f"over {SIDE_NAMES[study.settings.evaluate_on]} images)"))
+    if frame["ours"].notna().any():
+        display(plots.paper_vs_ours(frame))
+    prov = study.provenance()
+    note("**Notes on every difference**\n\n" + "\n".join(
+        f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)))
+    return frame
+
+
+def deviations(study: Study) -> pd.DataFrame:
+    """Every way this run departs from the paper, with the reason."""
+    frame = pd.DataFrame(compare.deviations(study.id, study.provenance()), columns=["what", "paper", "ours", "reason"])
+    show(table(frame, "Deviations from the paper, and why"))
+    return frame
+
+
+def provenance(study: Study) -> pd.DataFrame:
+    """Weights (source, sha256), data sizes per side, subset status and caps: what this run rests on."""
+    prov = study.provenance()
+    records = []
+    for row, w in prov["weights"].items():
+        records.append({"row": row, "weights": w["source"], "file": w.get("file", "—"),
+                        "sha256": w.get("sha256", "—"), "loaded from": w.get("from", "—")})
+    show(table(pd.DataFrame(records), "Initial weights"))
+    sizes = pd.DataFrame([{"protocol": p, **{SIDE_NAMES[k]: v for k, v in s.items()}} for p, s in prov["sides"].items()])
+    show(table(sizes, "Images per side (rows of the split file; dihedral views count as images)"))
+    facts = {
+        "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"],
+        "images in our dataset": prov["images"], "images in the published dataset": prov["published_images"] or "—",
+        "subset of the published set": ("yes" if prov["published_images"] and prov["images"] < prov["published_images"]
+                                        else "no"),
+        "scale.max_images_per_class": prov["max_images_per_class"] or "none",
+        "epoch caps": ", ".join(f"{r}: {c['ours']} of {c['paper']}" for r, c in prov["capped_epochs"].items()) or "none",
+        "seed": prov["seed"],
+    }
+    show(table(pd.DataFrame({"fact": list(facts), "value": [str(v) for v in facts.values()]}), "This run"))
+    return sizes

@@ -1,0 +1,174 @@
+"""The published figures of each study (paper_figures.yaml) beside ours, with honest notes.
+
+Kept as data, not code, so a corrected transcription is a one-line YAML change that DVC tracks.
+
+A confidence interval over the test images of one trained model says how much our figure could move with
+other test images; it leaves out the paper's own sampling error and the spread across training seeds. So
+the notes never call a difference "real", and they give no inside/outside verdict at all where the runs
+are not like for like: random initialisation, another dataset, or capped training.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from tlrepro.core.errors import UserError
+
+FIGURES_FILE = Path(__file__).with_name("paper_figures.yaml")
+COMPARE_COLUMNS = ["row", "metric", "paper", "ours", "ci_low", "ci_high", "difference", "seed_mean", "seed_std",
+                   "seeds", "paper_within_ci"]
+
+
+@functools.cache
+def _figures() -> dict[str, Any]:
+    return yaml.safe_load(FIGURES_FILE.read_text())
+
+
+def studies() -> list[str]:
+    """Study ids in the order paper_figures.yaml lists them."""
+    return list(_figures()["studies"])
+
+
+def datasets() -> dict[str, dict[str, Any]]:
+    """Dataset citations keyed like params.yaml `datasets`."""
+    return copy.deepcopy(_figures()["datasets"])
+
+
+def load(study: str) -> dict[str, Any]:
+    """One study's entry (title, authors, year, data, rows, ...), with `id` and its `dataset_info`."""
+    entries = _figures()["studies"]
+    if study not in entries:
+        raise UserError(f"Unknown study `{study}`: {FIGURES_FILE.name} has {', '.join(entries)}.")
+    entry = copy.deepcopy(entries[study])
+    entry["id"] = study
+    entry["dataset_info"] = datasets().get(entry.get("dataset"), {})
+    return entry
+
+
+def reported(study: str) -> pd.DataFrame:
+    """The paper's figures as a table: one row per model/configuration, one column per metric."""
+    return pd.DataFrame.from_dict(load(study)["rows"], orient="index").rename_axis("row")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def compare(study: str, ours: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] | None = None,
+            spread: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> pd.DataFrame:
+    """The paper's figures beside ours, one line per (row, metric) the paper reports as a number.
+
+    `ours` maps row -> flat figures (accuracy, accuracy_ci_low, ...); `spread` maps row -> metric -> the
+    seed spread (mean, std, seeds). Rows or metrics we did not measure keep the paper's value with ours
+    empty (NaN); `paper_within_ci` is None where we have no interval.
+    """
+    entry = load(study)
+    metrics = list(metrics or entry.get("headline") or [])
+    lines = []
+    for row, figures in entry["rows"].items():
+        mine = ours.get(row, {})
+        for metric in metrics:
+            paper = _number(figures.get(metric))
+            if paper is None:
+                continue
+            value, low, high = (_number(mine.get(k)) for k in (metric, f"{metric}_ci_low", f"{metric}_ci_high"))
+            seeds = ((spread or {}).get(row) or {}).get(metric) or {}
+            lines.append({
+                "row": row, "metric": metric, "paper": paper, "ours": value, "ci_low": low, "ci_high": high,
+                "difference": None if value is None else round(value - paper, 6),
+                "seed_mean": seeds.get("mean"), "seed_std": seeds.get("std"), "seeds": seeds.get("seeds"),
+                "paper_within_ci": None if low is None or high is None else bool(low <= paper <= high),
+            })
+    frame = pd.DataFrame(lines, columns=COMPARE_COLUMNS)
+    for column in ("paper", "ours", "ci_low", "ci_high", "difference", "seed_mean", "seed_std", "seeds"):
+        frame[column] = frame[column].astype(float)
+    frame["paper_within_ci"] = frame["paper_within_ci"].astype(object)
+    return frame
+
+
+def no_verdict_reasons(provenance: Mapping[str, Any], row: str) -> list[str]:
+    """Why a row's figures cannot be set against the paper's as like for like (empty when they can)."""
+    reasons = []
+    if row in provenance.get("random_init", []):
+        reasons.append("trained from random initialisation, not ImageNet weights")
+    if provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset"):
+        reasons.append(f"run on `{provenance.get('dataset')}`, not the paper's `{provenance.get('paper_dataset')}`")
+    capped = (provenance.get("capped_epochs") or {}).get(row)
+    if capped:
+        reasons.append(f"training capped at {capped['ours']} of {capped['paper']} epochs")
+    if provenance.get("max_images_per_class"):
+        reasons.append(f"at most {provenance['max_images_per_class']} images per class (quick pass)")
+    return reasons
+
+
+def difference_notes(frame: pd.DataFrame, provenance: Mapping[str, Any], confidence: float) -> list[str]:
+    """One plain sentence per (row, metric): ours beside the paper, the interval, and what it leaves out."""
+    level = f"{confidence:.0%}"
+    notes = []
+    for line in frame.itertuples():
+        name = f"{line.row}, {line.metric.replace('_', ' ')}"
+        if pd.isna(line.ours):
+            notes.append(f"{name}: not measured here (paper {line.paper:.4g}).")
+            continue
+        text = f"{name}: ours {line.ours:.4f} vs paper {line.paper:.4f} ({line.difference:+.4f})"
+        if not pd.isna(line.seed_std) and line.seeds and line.seeds > 1:
+            text += f"; across {int(line.seeds)} seeds {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
+        reasons = no_verdict_reasons(provenance, line.row)
+        if reasons:
+            notes.append(text + f". No verdict: {'; '.join(reasons)}.")
+        elif line.paper_within_ci is None:
+            notes.append(text + ".")
+        else:
+            where = "inside" if line.paper_within_ci else "outside"
+            notes.append(text + f"; the paper's figure lies {where} our {level} interval "
+                         f"[{line.ci_low:.3f}, {line.ci_high:.3f}], which covers only the sampling of our test "
+                         f"images, not the paper's own sampling error nor training-seed variance.")
+    return notes
+
+
+def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Every way this run departs from the paper, each with its reason: the study's own list from
+    paper_figures.yaml, then what this run's data and settings add (subset, caps, random weights)."""
+    listed = [dict(d) for d in load(study).get("deviations", [])]
+    published = provenance.get("published_images")
+    images = provenance.get("images")
+    if published and images and images < published:
+        listed.append({"what": "Data", "paper": f"{published:,} images", "ours": f"{images:,} images",
+                       "reason": "a subset of the published dataset (the offline mirror holds part of it)"})
+    if provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset"):
+        listed.append({"what": "Dataset", "paper": str(provenance.get("paper_dataset")),
+                       "ours": str(provenance.get("dataset")), "reason": "set in params.yaml for this run"})
+    for row in provenance.get("random_init", []):
+        listed.append({"what": f"{row} weights", "paper": "ImageNet", "ours": "random initialisation",
+                       "reason": "no ImageNet weights reachable for this backbone (set explicitly in params.yaml)"})
+    for row, cap in (provenance.get("capped_epochs") or {}).items():
+        listed.append({"what": f"{row} epochs", "paper": f"{cap['paper']} epochs", "ours": f"at most {cap['ours']}",
+                       "reason": "a cap in params.yaml to keep the run practical on a CPU"})
+    if provenance.get("max_images_per_class"):
+        listed.append({"what": "Images per class", "paper": "all", "ours": str(provenance["max_images_per_class"]),
+                       "reason": "scale.max_images_per_class: a quick pass"})
+    return listed
+
+
+def random_init_banner(random_init: Sequence[str]) -> str:
+    """The headline every report shows when a model was not given ImageNet weights."""
+    if not random_init:
+        return ""
+    return (f"RANDOM INITIALISATION: {', '.join(random_init)} trained WITHOUT ImageNet weights "
+            "(set explicitly in params.yaml). Their figures are not comparable with the paper's.")
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A comparison frame as JSON-ready records: missing values as None, not NaN."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+            for rec in frame.to_dict(orient="records")]

@@ -1,0 +1,225 @@
+"""Evaluation figures with bootstrap confidence intervals, for binary benign (0) / malignant (1) models.
+
+Conventions, shared by every study so that reports compare like with like:
+- label 1 = malignant is the positive class; precision, recall and F1 are the malignant class's;
+- a probability counts as malignant when `y_prob >= threshold` (scikit-learn's curves use the same rule);
+- a metric that is undefined for the data (ROC AUC with one class only) is None, never NaN, so that the
+  metrics JSON stays valid JSON; an undefined precision/recall (no predicted or true positives) is 0.0,
+  as scikit-learn's `zero_division=0`;
+- intervals are percentile bootstraps over images (or over patients, `grouped_accuracy`); the number of
+  resamples in which a metric was defined is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from tlrepro.core.io import plain
+from tlrepro.data.labels import BINARY_CLASSES
+
+LABELS = (0, 1)
+CI_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def _arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    if y.dtype.kind in "OUS":  # the split CSVs' "benign"/"malignant"
+        y = np.array([BINARY_CLASSES.index(v) if v in BINARY_CLASSES else -1 for v in y])
+    y = y.astype(int)
+    p = np.asarray(y_prob, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} labels but y_prob has {p.size} probabilities.")
+    if not np.isin(y, LABELS).all():
+        raise ValueError("y_true must hold only 0/benign and 1/malignant.")
+    return y, p
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+
+
+def binary_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str, Any]:
+    """Point metrics at one threshold; roc_auc is None when y_true holds one class only."""
+    y, p = _arrays(y_true, y_prob)
+    pred = (p >= threshold).astype(int)
+    cm = skm.confusion_matrix(y, pred, labels=LABELS)
+    rows = cm.sum(axis=1, keepdims=True)
+    normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    return {
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, labels=LABELS, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, labels=LABELS, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, labels=LABELS, zero_division=0)),
+        "roc_auc": _auc(y, p),
+        "loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=LABELS)),
+        "confusion": cm.tolist(),
+        "confusion_normalized": normalized.tolist(),
+        "n": int(y.size),
+    }
+
+
+def _resample_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray, threshold: float) -> dict:
+    """Metrics for many resamples at once; row r of `weights` counts how often each image was drawn.
+
+    A bootstrap resample is the same as sample weights, so the weighted confusion counts of all resamples
+    are one matrix product (scikit-learn per resample would cost seconds). tests/test_metrics.py checks
+    every value against scikit-learn with `sample_weight`.
+    """
+    pred = p >= threshold
+    pos = y == 1
+    tp = weights @ (pos & pred)
+    fp = weights @ (~pos & pred)
+    fn = weights @ (pos & ~pred)
+    tn = weights @ (~pos & ~pred)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {
+            "accuracy": (tp + tn) / weights.sum(axis=1),
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
+            "f1": np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+        }
+        # ROC AUC = P(score of a malignant > score of a benign), ties counting one half (Mann-Whitney),
+        # which is exactly scikit-learn's trapezoidal area; tied scores are pooled into groups.
+        order = np.argsort(p, kind="stable")
+        w = weights[:, order]
+        starts = np.flatnonzero(np.r_[True, np.diff(p[order]) != 0])
+        pos_w = np.add.reduceat(w * pos[order], starts, axis=1)
+        neg_w = np.add.reduceat(w * ~pos[order], starts, axis=1)
+        below = np.cumsum(neg_w, axis=1) - neg_w
+        n_pos, n_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+        auc = (pos_w * (below + 0.5 * neg_w)).sum(axis=1) / (n_pos * n_neg)
+        out["roc_auc"] = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+    return out
+
+
+def _weights(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    idx = rng.integers(0, n, size=(rows, n))
+    return np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n).astype(float)
+
+
+def bootstrap_ci(y_true: Any, y_prob: Any, *, metrics: Sequence[str] = CI_METRICS, resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 42, threshold: float = 0.5, chunk: int = 250
+                 ) -> dict[str, tuple[float | None, float | None, int]]:
+    """Percentile bootstrap over images: (low, high, valid resamples) per metric.
+
+    Resamples where a metric is undefined (AUC of a one-class resample) are skipped for that metric and
+    counted out of `valid`; a metric undefined in every resample gets (None, None, 0). Seeded.
+    """
+    y, p = _arrays(y_true, y_prob)
+    unknown = set(metrics) - set(CI_METRICS)
+    if unknown:
+        raise ValueError(f"bootstrap_ci cannot compute {sorted(unknown)}.")
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for start in range(0, resamples, chunk):  # chunks bound memory at chunk x n weights
+        result = _resample_metrics(y, p, _weights(rng, min(chunk, resamples - start), y.size), threshold)
+        for m in metrics:
+            values[m].append(result[m])
+    return {m: _percentiles(np.concatenate(values[m]), confidence) for m in metrics}
+
+
+def _percentiles(v: np.ndarray, confidence: float) -> tuple[float | None, float | None, int]:
+    v = v[~np.isnan(v)]
+    alpha = (1 - confidence) / 2
+    if not v.size:
+        return None, None, 0
+    return float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha)), int(v.size)
+
+
+def evaluate(y_true: Any, y_prob: Any, *, seed: int, resamples: int, confidence: float, threshold: float = 0.5,
+             ci_metrics: Sequence[str] = CI_METRICS) -> dict[str, Any]:
+    """Everything a study stores for one model on one side: flat keys, rounded, JSON-ready.
+
+    Keys: accuracy, precision, recall, f1, roc_auc, loss, n, confusion, confusion_normalized, threshold,
+    `<m>_ci_low` / `<m>_ci_high` / `<m>_ci_valid` for each CI metric, ci_confidence, ci_resamples,
+    classification_report.
+    """
+    y, p = _arrays(y_true, y_prob)
+    result = binary_metrics(y, p, threshold)
+    ci = bootstrap_ci(y, p, metrics=ci_metrics, resamples=resamples, confidence=confidence, seed=seed,
+                      threshold=threshold)
+    for name, (low, high, valid) in ci.items():
+        result[f"{name}_ci_low"], result[f"{name}_ci_high"], result[f"{name}_ci_valid"] = low, high, valid
+    result.update(threshold=threshold, ci_confidence=confidence, ci_resamples=resamples)
+    result["classification_report"] = skm.classification_report(
+        y, (p >= threshold).astype(int), labels=LABELS, target_names=BINARY_CLASSES, output_dict=True,
+        zero_division=0)
+    return plain(result)
+
+
+def multiclass_accuracy(labels: np.ndarray, probs: np.ndarray, *, seed: int, resamples: int, confidence: float
+                        ) -> dict[str, Any]:
+    """Accuracy of argmax predictions (a pretraining step's figure) with its bootstrap interval."""
+    correct = (np.asarray(probs).argmax(axis=1) == np.asarray(labels)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = _weights(rng, resamples, len(correct)) @ correct / len(correct)
+    low, high, valid = _percentiles(draws, confidence)
+    return plain({"accuracy": float(correct.mean()), "accuracy_ci_low": low, "accuracy_ci_high": high,
+                  "accuracy_ci_valid": valid, "n": len(correct)})
+
+
+def threshold_for_recall(y_true: Any, y_prob: Any, target: float = 0.95) -> float:
+    """The highest threshold whose malignant recall on (y_true, y_prob) is at least `target`.
+
+    Choose it on validation and apply it to test: chosen on test, it would be tuned to the test images.
+    """
+    y, p = _arrays(y_true, y_prob)
+    if not (y == 1).any():
+        raise ValueError("threshold_for_recall needs at least one malignant (1) label.")
+    _, recall, thresholds = skm.precision_recall_curve(y, p)
+    # thresholds increase and recall[i] (predict malignant when p >= thresholds[i]) never increases
+    return float(thresholds[int(np.flatnonzero(recall[:-1] >= target)[-1])])
+
+
+def operating_point(y_val: Any, p_val: Any, y_test: Any, p_test: Any, target: float) -> dict[str, float]:
+    """The recall-first threshold chosen on validation, and what it gives on test."""
+    threshold = threshold_for_recall(y_val, p_val, target)
+    val, test = binary_metrics(y_val, p_val, threshold), binary_metrics(y_test, p_test, threshold)
+    return {"threshold": threshold, "target_recall": target, "val_recall": val["recall"],
+            "val_precision": val["precision"], "test_recall": test["recall"], "test_precision": test["precision"],
+            "test_accuracy": test["accuracy"]}
+
+
+def seed_spread(values: Sequence[float]) -> dict[str, float | int]:
+    """Mean, standard deviation (ddof 1), min and max of one figure across training seeds."""
+    v = np.asarray(values, dtype=float)
+    return plain({"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                  "min": float(v.min()), "max": float(v.max()), "seeds": int(v.size)})
+
+
+def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by: str | None = None,
+                     seed: int, resamples: int, confidence: float) -> pd.DataFrame:
+    """Image-level and group-level (patient-level) accuracy, overall and per `by` value (magnification).
+
+    Group-level accuracy is the mean over groups of each group's accuracy (wang2024's Eq. 1-2). Intervals
+    resample groups, not images: images of one patient are not independent.
+    """
+    data = frame.assign(_correct=np.asarray(correct, dtype=float)).reset_index(drop=True)
+    parts = [("all", data)] + ([(v, d) for v, d in data.groupby(by, sort=True)] if by else [])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for value, part in parts:
+        per_group = part.groupby(group)["_correct"].agg(["sum", "count"])
+        k = len(per_group)
+        weights = _weights(rng, resamples, k)
+        image = weights @ per_group["sum"].to_numpy() / (weights @ per_group["count"].to_numpy())
+        patient = weights @ (per_group["sum"] / per_group["count"]).to_numpy() / k
+        il, ih, _ = _percentiles(image, confidence)
+        pl, ph, _ = _percentiles(patient, confidence)
+        rows.append({"subset": str(value), "images": int(per_group["count"].sum()), f"{group}s": k,
+                     "image_accuracy": float(part["_correct"].mean()), "image_ci_low": il, "image_ci_high": ih,
+                     f"{group}_accuracy": float((per_group["sum"] / per_group["count"]).mean()),
+                     f"{group}_ci_low": pl, f"{group}_ci_high": ph})
+    return pd.DataFrame(rows)
+
+
+def roc_curve_points(y_true: Any, y_prob: Any) -> pd.DataFrame:
+    """The ROC curve as a table (fpr, tpr, threshold), for plots and for CSV outputs."""
+    y, p = _arrays(y_true, y_prob)
+    fpr, tpr, thresholds = skm.roc_curve(y, p)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})

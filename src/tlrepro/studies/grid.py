@@ -1,0 +1,288 @@
+"""The learning-rate x epoch-budget grid (lin2024): every cell of a frozen backbone, with `repeats` seeds,
+at the cost of one forward pass over the images.
+
+The backbone is frozen, so its pooled features are computed once per side (and cached). Every head of the
+grid, one per (seed, learning rate), then trains at once as one batched computation over those features:
+stacked weights, one einsum per layer, each head with its own Adam state and learning rate, each seed
+with its own initial weights and batch order. Heads share nothing, so this equals training them one by
+one (tests/test_grid.py checks it against Keras). Validation and test probabilities are kept for every
+epoch, so one run to the largest budget serves every budget: nothing in training depends on the total
+epoch count. With early stopping, a cell's figures at budget b are those of the epoch whose weights Keras
+would restore (the best validation epoch up to b or up to the stop), validation and test alike.
+
+Cells are chosen on validation only (mean over seeds); test figures are read once for the chosen cell.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tlrepro.core.config import EarlyStopping, HeadLayer, Row
+from tlrepro.core.errors import UserError
+from tlrepro.modeling import frozen_cache as fc
+from tlrepro.modeling import models
+from tlrepro.results import metrics
+from tlrepro.studies.base import Study, card_for
+
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's Adam defaults
+
+
+def batch_orders(n: int, seeds: list[int], epochs: int) -> np.ndarray:
+    """(epochs, seeds, n) permutations: seed s's shuffle of the training rows in each epoch."""
+    return np.stack([np.stack([np.random.default_rng([s, e]).permutation(n) for s in seeds]) for e in range(epochs)])
+
+
+def glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype("float32")
+
+
+class ParallelHeads:
+    """Heads of dense layers for S seeds x L learning rates, trained together with Adam.
+
+    Head (s, l) starts from seed s's initial weights (the same for every learning rate) and trains with
+    learning rate l on seed s's batch order.
+    """
+
+    def __init__(self, head: list[HeadLayer], in_dim: int, seeds: list[int], learning_rates: list[float]):
+        if any(layer.kind != "dense" for layer in head):
+            raise UserError("the grid trains heads of dense layers over cached pooled features: put pooling "
+                            "first and only dense layers after it (no dropout or batch_norm in grid heads).")
+        if head[-1].dense != 1 or head[-1].activation != "sigmoid":
+            raise UserError("the grid's heads end in {dense: 1, activation: sigmoid} (binary studies).")
+        self.head, self.seeds, self.rates = head, list(seeds), np.asarray(learning_rates, dtype="float32")
+        n_seeds, n_rates = len(seeds), len(learning_rates)
+        self.variables: list[tf.Variable] = []
+        self.plan: list[tuple[tf.Variable, tf.Variable, str | None]] = []
+        fan_in = in_dim
+        for i, layer in enumerate(head):
+            kernels = np.stack([glorot(np.random.default_rng([seed, i]), fan_in, layer.dense) for seed in seeds])
+            w = tf.Variable(np.repeat(kernels[:, None], n_rates, axis=1), name=f"w{i}")
+            b = tf.Variable(np.zeros((n_seeds, n_rates, layer.dense), "float32"), name=f"b{i}")
+            self.variables += [w, b]
+            self.plan.append((w, b, layer.activation))
+            fan_in = layer.dense
+        self.m = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.v = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.step = tf.Variable(0.0)
+        self.active = tf.Variable(np.ones((n_seeds, n_rates), "float32"))  # 0 once a cell stopped early
+        self._train_step = tf.function(self._train_step_impl, reduce_retracing=True)
+        self._forward = tf.function(self.forward, reduce_retracing=True)
+
+    def forward(self, x: tf.Tensor) -> tf.Tensor:
+        """x (S, B, D) -> P(malignant) (S, L, B)."""
+        h = tf.repeat(x[:, None], len(self.rates), axis=1)
+        for w, b, activation in self.plan:
+            h = tf.einsum("slbi,slio->slbo", h, w) + b[:, :, None, :]
+            h = tf.nn.relu(h) if activation == "relu" else tf.sigmoid(h) if activation == "sigmoid" else h
+        return h[..., 0]
+
+    def _train_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            p = tf.clip_by_value(self.forward(x), 1e-7, 1 - 1e-7)
+            yb = y[:, None, :]
+            losses = -tf.reduce_mean(yb * tf.math.log(p) + (1 - yb) * tf.math.log(1 - p), axis=-1)  # (S, L)
+            total = tf.reduce_sum(losses)  # heads share no weights: each gets its own loss's gradient
+        grads = tape.gradient(total, self.variables)
+        self.step.assign_add(1.0)
+        b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
+        alpha = self.rates[None, :] * tf.sqrt(1 - b2 ** self.step) / (1 - b1 ** self.step) * self.active
+        for var, grad, m, v in zip(self.variables, grads, self.m, self.v, strict=True):
+            m.assign_add((grad - m) * (1 - b1))
+            v.assign_add((tf.square(grad) - v) * (1 - b2))
+            scale = alpha[:, :, None, None] if len(var.shape) == 4 else alpha[:, :, None]
+            var.assign_sub(m * scale / (tf.sqrt(v) + eps))
+        return losses
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities of every head on the same rows x (N, D): (S, L, N)."""
+        stacked = tf.repeat(tf.convert_to_tensor(x[None]), len(self.seeds), axis=0)
+        return self._forward(stacked).numpy().astype("float64")
+
+    def weights_of(self, seed_index: int, rate_index: int) -> list[np.ndarray]:
+        """Head (s, l)'s weights in Keras Dense order (kernel, bias per dense layer)."""
+        return [v.numpy()[seed_index, rate_index] for v in self.variables]
+
+
+@dataclass
+class GridRun:
+    """Per epoch and head: validation accuracy/loss and the validation and test probabilities."""
+
+    val_accuracy: np.ndarray  # (E, S, L)
+    val_loss: np.ndarray  # (E, S, L)
+    val_probs: np.ndarray  # (E, S, L, Nval)
+    test_probs: np.ndarray  # (E, S, L, Ntest)
+    stopped: np.ndarray  # (S, L) epochs run per head (1-based)
+    seconds: float
+
+
+def _losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p), axis=-1)
+
+
+def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+               y_val: np.ndarray, x_test: np.ndarray, *, epochs: int, batch_size: int,
+               early_stopping: EarlyStopping | None = None) -> GridRun:
+    """Train every head for `epochs` epochs, recording validation and test probabilities after each."""
+    started = time.perf_counter()
+    orders = batch_orders(len(y_train), heads.seeds, epochs)
+    x_all = tf.convert_to_tensor(x_train)
+    y_all = tf.convert_to_tensor(y_train.astype("float32"))
+    shape = (len(heads.seeds), len(heads.rates))
+    val_acc, val_loss, val_probs, test_probs = [], [], [], []
+    best = np.full(shape, np.inf)
+    wait = np.zeros(shape, int)
+    stopped = np.full(shape, epochs)
+    sign = -1.0 if early_stopping and early_stopping.monitor == "val_accuracy" else 1.0
+    for epoch in range(epochs):
+        for start in range(0, len(y_train), batch_size):
+            idx = tf.convert_to_tensor(orders[epoch][:, start : start + batch_size])
+            heads._train_step(tf.gather(x_all, idx), tf.gather(y_all, idx))
+        pv = heads.predict(x_val)
+        acc = ((pv >= 0.5) == (y_val >= 0.5)).mean(axis=-1)
+        loss = _losses(y_val.astype("float64"), pv)
+        val_acc.append(acc), val_loss.append(loss), val_probs.append(pv), test_probs.append(heads.predict(x_test))
+        if early_stopping is not None:
+            value = sign * (acc if early_stopping.monitor == "val_accuracy" else loss)
+            running = stopped == epochs
+            improved = value < best - early_stopping.min_delta
+            best = np.where(running & improved, value, best)
+            wait = np.where(running, np.where(improved, 0, wait + 1), wait)
+            stop_now = running & (wait >= early_stopping.patience) & (epoch > 0)
+            stopped = np.where(stop_now, epoch + 1, stopped)
+            heads.active.assign(np.where(stopped == epochs, 1.0, 0.0).astype("float32"))
+    return GridRun(np.stack(val_acc), np.stack(val_loss), np.stack(val_probs), np.stack(test_probs), stopped,
+                   time.perf_counter() - started)
+
+
+def evaluated_epoch(run: GridRun, budget: int, early_stopping: EarlyStopping | None) -> np.ndarray:
+    """(S, L) 0-based epoch whose weights a head holds after training to `budget` epochs: the budget's last
+    epoch, or with early stopping (restore_best_weights) the best monitored epoch up to the budget/stop."""
+    n_seeds, n_rates = run.stopped.shape
+    last = np.minimum(run.stopped, budget) - 1
+    if early_stopping is None or not early_stopping.restore_best_weights:
+        return last
+    monitored = run.val_accuracy if early_stopping.monitor == "val_accuracy" else -run.val_loss
+    out = np.zeros((n_seeds, n_rates), int)
+    for i in range(n_seeds):
+        for j in range(n_rates):
+            out[i, j] = int(np.argmax(monitored[: last[i, j] + 1, i, j]))  # first best, as Keras's `>`
+    return out
+
+
+@dataclass
+class BackboneGrid:
+    """One backbone's grid, its chosen cell, and that cell's figures."""
+
+    row: Row
+    cells: pd.DataFrame  # learning_rate, epochs, seed, evaluated_epoch, val_accuracy, val_loss
+    best: dict[str, Any]  # learning_rate, epochs, mean val accuracy, evaluated epoch (primary seed)
+    test_metrics: dict[str, Any]  # primary seed, with bootstrap CIs
+    seed_test: list[dict[str, Any]]  # every seed's test figures at the chosen cell
+    val_probs: np.ndarray  # primary seed at the chosen cell
+    test_probs: np.ndarray
+    feature_seconds: float
+    head_seconds: float
+    classifier: models.Classifier | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_backbone(study: Study, name: str) -> BackboneGrid:
+    """Features once per side, then every head of the grid at once; the chosen cell's model is rebuilt."""
+    row = study.row(name)
+    grid = study.settings.grid
+    seeds = [study.seed + r for r in range(study.settings.repeats)]
+    classifier = models.build_classifier(row, classes=study.classes, seed=study.seed)
+    models.set_trainable(classifier, 0)
+    frozen = fc.split_frozen(classifier)
+    if frozen is None or len(frozen.crossing_shapes) != 1 or len(frozen.crossing_shapes[0]) != 1:
+        raise UserError(f"row `{name}`: the grid needs a frozen backbone followed by pooling (pooled features).")
+    parts = {side: study.part(side) for side in ("train", "val", "test")}
+    started = time.perf_counter()
+    feats = {side: fc.extract(frozen, frame, classifier=classifier, batch_size=row.batch_size,
+                              description=f"{name}: features, {side}")[0][0] for side, frame in parts.items()}
+    feature_seconds = time.perf_counter() - started
+    y = {side: study.labels(frame).astype("float64") for side, frame in parts.items()}
+    budgets = sorted({study.epochs(row, e) for e in grid.epochs})
+    head_layers = [layer for layer in row.head if layer.pool is None]
+    heads = ParallelHeads(head_layers, feats["train"].shape[1], seeds, grid.learning_rates)
+    run = train_grid(heads, feats["train"], y["train"], feats["val"], y["val"], feats["test"],
+                     epochs=max(budgets), batch_size=row.batch_size, early_stopping=row.early_stopping)
+
+    records = []
+    for budget in budgets:
+        chosen = evaluated_epoch(run, budget, row.early_stopping)
+        for i, seed in enumerate(seeds):
+            for j, lr in enumerate(grid.learning_rates):
+                e = chosen[i, j]
+                records.append({"backbone": name, "learning_rate": float(lr), "epochs": budget, "seed": seed,
+                                "evaluated_epoch": int(e) + 1, "val_accuracy": float(run.val_accuracy[e, i, j]),
+                                "val_loss": float(run.val_loss[e, i, j])})
+    cells = pd.DataFrame(records)
+    mean = cells.groupby(["learning_rate", "epochs"], as_index=False)[["val_accuracy", "val_loss"]].mean()
+    # best by mean validation accuracy over seeds; ties go to lower validation loss, then fewer epochs
+    top = mean.sort_values(["val_accuracy", "val_loss", "epochs"], ascending=[False, True, True]).iloc[0]
+    lr_index = list(map(float, grid.learning_rates)).index(float(top["learning_rate"]))
+    budget = int(top["epochs"])
+    chosen = evaluated_epoch(run, budget, row.early_stopping)
+    seed_test = []
+    for i in range(len(seeds)):
+        probs = run.test_probs[chosen[i, lr_index], i, lr_index]
+        seed_test.append(metrics.binary_metrics(y["test"], probs))
+    primary_epoch = int(chosen[0, lr_index])
+    test_probs = run.test_probs[primary_epoch, 0, lr_index]
+    best = {"learning_rate": float(top["learning_rate"]), "epochs": budget,
+            "mean_val_accuracy": float(top["val_accuracy"]), "evaluated_epoch": primary_epoch + 1,
+            "val_accuracy": float(run.val_accuracy[primary_epoch, 0, lr_index])}
+    result = BackboneGrid(row, cells, best, study.evaluate(parts["test"], test_probs), seed_test,
+                          run.val_probs[primary_epoch, 0, lr_index], test_probs, feature_seconds, run.seconds)
+    result.classifier = rebuild(study, row, classifier, frozen, heads.head, feats, y, seeds[0], lr_index,
+                                float(top["learning_rate"]), primary_epoch + 1)
+    return result
+
+
+def rebuild(study: Study, row: Row, classifier: models.Classifier, frozen: fc.FrozenSplit, head: list[HeadLayer],
+            feats: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int, lr_index: int, lr: float,
+            epochs: int) -> models.Classifier:
+    """The chosen cell's full model (backbone + head): its head replayed alone for `epochs` epochs (the same
+    initial weights and batch order, so the same weights), then set into the classifier."""
+    single = ParallelHeads(head, feats["train"].shape[1], [seed], [lr])
+    train_grid(single, feats["train"], y["train"], feats["val"][:1], y["val"][:1], feats["test"][:1],
+               epochs=epochs, batch_size=row.batch_size)
+    dense = [layer for layer in frozen.trainer.layers if isinstance(layer, keras.layers.Dense)]
+    values = single.weights_of(0, 0)
+    for layer, (kernel, bias) in zip(dense, zip(values[::2], values[1::2], strict=True), strict=True):
+        layer.set_weights([kernel, bias])
+    return classifier
+
+
+def run(study: Study, *, save: bool = True) -> dict[str, BackboneGrid]:
+    """Every row (backbone) of the grid study; the chosen cells' models saved with cards."""
+    out = {}
+    for row in study.rows:
+        grid = run_backbone(study, row.name)
+        print(f"{row.name}: features {grid.feature_seconds:.1f} s, {len(grid.cells)} cell-seeds trained in "
+              f"{grid.head_seconds:.1f} s; best lr {grid.best['learning_rate']:g} at {grid.best['epochs']} epochs "
+              f"(mean val accuracy {grid.best['mean_val_accuracy']:.4f})", flush=True)
+        if save:
+            from tlrepro.modeling import cards
+
+            card = card_for(study, row, protocol=study.primary, seed=study.seed, result=None,
+                            figures=grid.test_metrics, train_frame=study.part("train"))
+            card["training"].update(grid.best)
+            cards.save(grid.classifier.model, study.model_path(row.name, study.primary), card)
+        out[row.name] = grid
+    return out
+
+
+def spread(grid: BackboneGrid, metric: str) -> dict[str, Any] | None:
+    values = [m[metric] for m in grid.seed_test if m.get(metric) is not None]
+    return metrics.seed_spread(values) if len(values) > 1 else None

@@ -1,0 +1,140 @@
+"""paper_figures.yaml, the paper-vs-ours comparison and its notes, and reports/index.html from fake outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tlrepro.core import io, paths
+from tlrepro.core.errors import UserError
+from tlrepro.reports import index as report
+from tlrepro.results import compare as papers
+
+
+def test_all_five_studies_transcribed():
+    assert papers.studies() == ["lin2024", "mobilenet2025", "sarker2025", "kumar2022", "wang2024"]
+    for study in papers.studies():
+        entry = papers.load(study)
+        for key in ("title", "first_author", "year", "data", "source", "rows", "headline", "dataset"):
+            assert entry[key], (study, key)
+        assert entry["dataset_info"]["citation"]
+    assert {"skin", "melanoma", "breakhis", "lc25000"} <= set(papers.datasets())
+    assert "Spanhol" in papers.datasets()["breakhis"]["citation"]
+    assert "Borkowski" in papers.datasets()["lc25000"]["citation"]
+
+
+def test_reported_tables():
+    lin = papers.reported("lin2024")
+    assert list(lin.index) == ["MobileNetV2", "ResNet50V2", "EfficientNetV2B0", "VGG16"]
+    assert lin.loc["MobileNetV2", "accuracy"] == 0.8394 and lin.loc["VGG16", "roc_auc"] == 0.9497
+    assert lin.loc["VGG16", "best_epochs"] == 40 and lin.loc["ResNet50V2", "val_accuracy_range"] == [0.5465, 0.8159]
+    mob = papers.reported("mobilenet2025")
+    assert list(mob.index) == ["frozen", "finetune", "augmented"]
+    assert mob.loc["augmented", "recall"] == 0.8315 and mob.loc["finetune", "training_time_s"] == 898.5
+    assert papers.reported("wang2024").loc["DenseNet-SE-transfer", "patient_accuracy_100x"] == 0.843
+    assert papers.reported("kumar2022").loc["MobileNetV3", "accuracy"] == pytest.approx(0.8115, abs=1e-4)
+    assert papers.reported("sarker2025").loc["MobileNetV2", "parameters"] == 2264385
+    with pytest.raises(UserError, match="lin2024"):
+        papers.load("lin2023")
+
+
+def test_compare_values():
+    ours = {"MobileNetV2": {"accuracy": 0.85, "accuracy_ci_low": 0.82, "accuracy_ci_high": 0.88,
+                            "recall": 0.80, "recall_ci_low": 0.75, "recall_ci_high": 0.85, "f1": 0.8}}
+    frame = papers.compare("lin2024", ours, metrics=["accuracy", "recall", "f1"])
+    assert list(frame.columns) == papers.COMPARE_COLUMNS
+    assert len(frame) == 12  # 4 paper rows x 3 metrics, ours missing for 3 rows
+    acc = frame[(frame["row"] == "MobileNetV2") & (frame["metric"] == "accuracy")].iloc[0]
+    assert acc["paper"] == 0.8394 and acc["ours"] == 0.85
+    assert acc["difference"] == pytest.approx(0.0106) and acc["paper_within_ci"] is True
+    rec = frame[(frame["row"] == "MobileNetV2") & (frame["metric"] == "recall")].iloc[0]
+    assert rec["difference"] == pytest.approx(-0.07) and rec["paper_within_ci"] is False
+    f1 = frame[(frame["row"] == "MobileNetV2") & (frame["metric"] == "f1")].iloc[0]
+    assert f1["paper_within_ci"] is None and math.isnan(f1["ci_low"])
+    vgg = frame[frame["row"] == "VGG16"].iloc[0]
+    assert math.isnan(vgg["ours"]) and vgg["paper_within_ci"] is None
+    headline = papers.compare("lin2024", ours)
+    assert set(headline["metric"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+
+
+PROVENANCE = {"dataset": "skin", "source_dataset": "skin", "paper_dataset": "skin", "random_init": [],
+              "capped_epochs": {}, "max_images_per_class": None}
+
+
+def test_notes_never_claim_a_real_difference_and_give_no_verdict_when_unlike():
+    ours = {"MobileNetV2": {"accuracy": 0.70, "accuracy_ci_low": 0.65, "accuracy_ci_high": 0.75},
+            "VGG16": {"accuracy": 0.85, "accuracy_ci_low": 0.80, "accuracy_ci_high": 0.90}}
+    frame = papers.compare("lin2024", ours, metrics=["accuracy"])
+    notes = papers.difference_notes(frame, PROVENANCE, 0.95)
+    assert not any("real" in n for n in notes)
+    mobile = next(n for n in notes if n.startswith("MobileNetV2"))
+    assert "outside our 95% interval" in mobile and "not the paper's own sampling error" in mobile
+    vgg = next(n for n in notes if n.startswith("VGG16"))
+    assert "inside our 95% interval" in vgg
+    for changes, reason in (({"random_init": ["VGG16"]}, "random initialisation"),
+                            ({"dataset": "melanoma", "source_dataset": "melanoma"}, "not the paper's"),
+                            ({"capped_epochs": {"VGG16": {"ours": 2, "paper": 40}}}, "capped at 2 of 40"),
+                            ({"max_images_per_class": 20}, "quick pass")):
+        vgg = next(n for n in papers.difference_notes(frame, {**PROVENANCE, **changes}, 0.95) if n.startswith("VGG16"))
+        assert "No verdict" in vgg and reason in vgg and "inside" not in vgg, (changes, vgg)
+
+
+def test_deviations_list_the_studys_own_and_the_runs():
+    listed = papers.deviations("lin2024", {**PROVENANCE, "images": 1099, "published_images": 3297,
+                                           "random_init": ["ResNet50V2"], "max_images_per_class": 20})
+    whats = [d["what"] for d in listed]
+    assert "Cell selection" in whats and "Data" in whats and "ResNet50V2 weights" in whats
+    assert all(d["reason"] for d in listed)
+    assert all(papers.load(s).get("deviations") for s in papers.studies())
+
+
+def fake_outputs(study: str, rows: dict, dataset: str, random_init: list[str], **provenance) -> None:
+    io.write_json(paths.metrics_json(study), {"study": study, "dataset": dataset, "random_init": random_init,
+                                              "results": rows})
+    prov = {**PROVENANCE, "dataset": dataset, "source_dataset": dataset, "paper_dataset": papers.load(study)["dataset"],
+            "random_init": random_init, "images": 1099, "published_images": 3297, "primary_protocol": "source",
+            "sides": {"source": {"train": 703, "val": 176, "test": 220}},
+            "weights": {r: {"source": "random"} if r in random_init else
+                        {"source": "imagenet", "file": "w.h5", "sha256": "ab" * 32, "from": "IMAGENET_WEIGHTS_DIR"}
+                        for r in rows}, **provenance}
+    io.write_json(paths.details_json(study), {"study": study, "provenance": prov,
+                                              "results": {r: {"seeds": {"accuracy": {"mean": 0.84, "std": 0.01,
+                                                                                     "seeds": 5}}} for r in rows}})
+
+
+def test_write_index_two_studies(tmp_project):
+    fake_outputs("lin2024", {"VGG16": {"accuracy": 0.8612, "accuracy_ci_low": 0.83, "accuracy_ci_high": 0.89,
+                                       "roc_auc": 0.93, "f1": 0.85}}, "skin", [])
+    fake_outputs("mobilenet2025", {"frozen": {"accuracy": 0.7, "accuracy_ci_low": 0.6, "accuracy_ci_high": 0.8,
+                                              "f1": 0.55}}, "skin", ["frozen"])
+    io.write_json(paths.overlap_json(), {"phash_max_distance": 4, "datasets": {"skin": 10, "melanoma": 20},
+                                         "matrix": {"skin": {"skin": {"images": 10, "exact": 10, "near": 10},
+                                                             "melanoma": {"images": 10, "exact": 0, "near": 7}},
+                                                    "melanoma": {"skin": {"images": 20, "exact": 0, "near": 7},
+                                                                 "melanoma": {"images": 20, "exact": 20, "near": 20}}}})
+    io.write_text(paths.REPORTS / "lin2024.html", "<html></html>")
+    out = report.write_index()
+    assert out == tmp_project / "reports" / "index.html"
+    html = out.read_text()
+    for text in ("lin2024", "mobilenet2025", "0.861 [0.830, 0.890]", "0.8470", "+0.0142", "0.840 ± 0.010 (n=5)",
+                 'href="lin2024.html"', "Spanhol", "Transfer Learning with Convolutional", "data:image/png;base64,",
+                 "0 exact / 7 near", "a subset", "IMAGENET_WEIGHTS_DIR", "sha256 <code>abababab"):
+        assert text in html, text
+    assert html.count('class="warning"') == 1 and "frozen trained WITHOUT ImageNet" in html
+    assert "not the paper" in html  # mobilenet2025 ran on skin, not melanoma
+    assert " real " not in html and "real difference" not in html
+    for study in ("sarker2025", "kumar2022", "wang2024"):
+        assert f"dvc repro study@{study}" in html
+    assert "<script" not in html
+    assert report.write_index().read_text() == html  # stable bytes for DVC
+
+
+def test_bad_metrics_json_names_file(tmp_project):
+    io.write_text(paths.metrics_json("kumar2022"), "{not json")
+    with pytest.raises(UserError, match="reports/metrics/kumar2022.json"):
+        report.write_index()
+    io.write_text(paths.metrics_json("kumar2022"), json.dumps({"study": "kumar2022"}))
+    with pytest.raises(UserError, match="results"):
+        report.write_index()

@@ -1,0 +1,84 @@
+"""The parallel grid heads against Keras, cell by cell; epoch budgets; early stopping's evaluated epoch."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tlrepro.core.config import EarlyStopping, HeadLayer
+from tlrepro.core.errors import UserError
+from tlrepro.studies import grid
+
+HEAD = [HeadLayer(dense=6, activation="relu"), HeadLayer(dense=1, activation="sigmoid")]
+
+
+def data(n: int, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype("float64")
+    x = (rng.normal(size=(n, d)) + y[:, None] * 0.8).astype("float32")
+    return x, y
+
+
+def keras_cell(x, y, x_val, seed: int, lr: float, epochs: int, batch: int) -> tuple[list, list[np.ndarray]]:
+    """One head trained the ordinary way: Keras Dense layers, Keras Adam, the same init and batch order."""
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    fan_in = x.shape[1]
+    for i, layer in enumerate(model.layers):
+        units = layer.units
+        layer.set_weights([grid.glorot(np.random.default_rng([seed, i]), fan_in, units), np.zeros(units, "float32")])
+        fan_in = units
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
+    orders = grid.batch_orders(len(y), [seed], epochs)
+    val = []
+    for epoch in range(epochs):
+        for start in range(0, len(y), batch):
+            idx = orders[epoch][0, start : start + batch]
+            model.train_on_batch(x[idx], y[idx].astype("float32"))
+        val.append(model.predict(x_val, verbose=0).ravel())
+    return model.get_weights(), val
+
+
+def test_parallel_heads_equal_separate_keras_runs():
+    x, y = data(37)
+    x_val, y_val = data(11, seed=1)
+    seeds, rates = [3, 4], [1e-3, 5e-2, 1e-2]
+    heads = grid.ParallelHeads(HEAD, x.shape[1], seeds, rates)
+    run = grid.train_grid(heads, x, y, x_val, y_val, x_val, epochs=4, batch_size=8)
+    assert run.val_probs.shape == (4, 2, 3, 11)
+    for i, seed in enumerate(seeds):
+        for j, lr in enumerate(rates):
+            weights, val = keras_cell(x, y, x_val, seed, lr, epochs=4, batch=8)
+            for ours, theirs in zip(heads.weights_of(i, j), weights, strict=True):
+                np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+            for epoch in range(4):  # one run to 4 epochs equals runs of 1, 2, 3 and 4 epochs
+                np.testing.assert_allclose(run.val_probs[epoch, i, j], val[epoch], atol=1e-5)
+
+
+def test_heads_of_one_seed_start_alike_and_seeds_differ():
+    heads = grid.ParallelHeads(HEAD, 5, [1, 2], [1e-3, 1e-2])
+    w = heads.variables[0].numpy()
+    np.testing.assert_array_equal(w[0, 0], w[0, 1])
+    assert not np.allclose(w[0, 0], w[1, 0])
+
+
+def test_early_stopping_reads_validation_at_the_restored_epoch():
+    x, y = data(40)
+    x_val, y_val = data(20, seed=5)
+    stop = EarlyStopping(monitor="val_loss", patience=1)
+    heads = grid.ParallelHeads(HEAD, x.shape[1], [0], [0.5])  # a high rate: validation loss soon rises
+    run = grid.train_grid(heads, x, y, x_val, y_val, x_val, epochs=12, batch_size=8, early_stopping=stop)
+    for budget in (3, 12):
+        epoch = grid.evaluated_epoch(run, budget, stop)[0, 0]
+        ran = min(run.stopped[0, 0], budget)
+        assert epoch == int(np.argmin(run.val_loss[:ran, 0, 0]))  # the best epoch Keras would restore
+    assert run.stopped[0, 0] < 12, "the high learning rate should trigger early stopping"
+    plain = grid.train_grid(grid.ParallelHeads(HEAD, x.shape[1], [0], [0.5]), x, y, x_val, y_val, x_val,
+                            epochs=6, batch_size=8)
+    assert np.array_equal(grid.evaluated_epoch(plain, 5, None), [[4]])  # without early stopping: the budget
+
+
+def test_grid_heads_reject_layers_it_cannot_stack():
+    with pytest.raises(UserError, match="dense layers"):
+        grid.ParallelHeads([HeadLayer(dropout=0.2), *HEAD], 5, [0], [1e-3])
