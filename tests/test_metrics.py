@@ -134,3 +134,29 @@ def test_roc_points():
     points = ev.roc_curve_points(Y, P)
     assert list(points.columns) == ["fpr", "tpr", "threshold"]
     assert points["tpr"].iloc[-1] == 1.0 and points["fpr"].is_monotonic_increasing
+
+
+def test_figures_without_leaked_images_on_planted_duplicates(tmp_path, make_image):
+    """Test images copied from training are flagged by the audit and left out of the leak-free figures."""
+    from tlrepro.data.images import inspect_image
+    from tlrepro.data.leakage import train_matches
+
+    files = [make_image(tmp_path / f"{i}.png", seed=i, size=(48, 48)) for i in range(10)]
+    infos = [inspect_image(p) for p in files]
+    frame = pd.DataFrame({"path": [p.name for p in files], "view": "identity",
+                          "side": ["train"] * 4 + ["test"] * 6, "label": ["benign", "malignant"] * 5,
+                          "sha256": [i.sha256 for i in infos], "phash": [i.phash for i in infos],
+                          "dihedral_phashes": [i.dihedral_phashes for i in infos]})
+    for planted, source in ((4, 0), (5, 1)):  # two test images are exact copies of training images
+        frame.loc[planted, ["sha256", "phash", "dihedral_phashes"]] = frame.loc[source, ["sha256", "phash", "dihedral_phashes"]].values
+    frame["train_match"] = train_matches(frame)
+    test = frame[frame["side"] == "test"]
+    assert list(test["train_match"]) == ["exact", "exact", "", "", "", ""]
+    y = (test["label"] == "malignant").astype(int).to_numpy()
+    probs = np.where(y == 1, 0.9, 0.1).astype(float)
+    probs[:2] = 1 - probs[:2]  # the copies are the two mistakes
+    full = ev.evaluate(y, probs, seed=0, resamples=100, confidence=0.95)
+    clean = ev.without_matches(y, probs, test["train_match"], seed=0, resamples=100, confidence=0.95)
+    assert full["accuracy"] == pytest.approx(4 / 6) and clean["accuracy"] == 1.0
+    assert clean["n"] == 4 and clean["removed"] == 2
+    assert ev.without_matches(y, probs, [""] * 6, seed=0, resamples=100, confidence=0.95) is None

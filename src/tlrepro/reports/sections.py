@@ -179,6 +179,11 @@ def figures_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequen
         records.append(rec)
     frame = pd.DataFrame(records)
     show(table(frame, caption))
+    first = next(iter(results.values()), {})
+    if first.get("ci_resamples"):
+        valid = min((m.get("roc_auc_ci_valid") or 0) for m in results.values())
+        note(f"<small>Intervals: {first['ci_confidence']:.0%} percentile bootstrap over the images, "
+             f"{first['ci_resamples']:,} resamples (ROC AUC defined in at least {valid:,} of them).</small>")
     return frame
 
 

@@ -152,6 +152,16 @@ def evaluate(y_true: Any, y_prob: Any, *, seed: int, resamples: int, confidence:
     return plain(result)
 
 
+def without_matches(y_true: Any, y_prob: Any, matches: Sequence[str], **kwargs: Any) -> dict[str, Any] | None:
+    """`evaluate` on the images that match no training image (`matches` == ''), or None when none match
+    (or all do): the figures a leak cannot have inflated."""
+    clean = np.asarray(matches, dtype=object) == ""
+    if clean.all() or not clean.any():
+        return None
+    y, p = _arrays(y_true, y_prob)
+    return {**evaluate(y[clean], p[clean], **kwargs), "removed": int((~clean).sum())}
+
+
 def multiclass_accuracy(labels: np.ndarray, probs: np.ndarray, *, seed: int, resamples: int, confidence: float
                         ) -> dict[str, Any]:
     """Accuracy of argmax predictions (a pretraining step's figure) with its bootstrap interval."""

@@ -87,6 +87,12 @@ class Study:
         return metrics.evaluate(self.labels(frame), probs, seed=self.seed, resamples=e.bootstrap_resamples,
                                 confidence=e.confidence, threshold=threshold)
 
+    def evaluate_clean(self, frame: pd.DataFrame, probs: np.ndarray) -> dict[str, Any] | None:
+        """The figures without the evaluation images that match a training image (None if none match)."""
+        e = self.params.evaluation
+        return metrics.without_matches(self.labels(frame), probs, frame["train_match"], seed=self.seed,
+                                       resamples=e.bootstrap_resamples, confidence=e.confidence)
+
     def model_path(self, row: str, protocol: str) -> Path:
         """models/<study>/<row>.keras, or models/<study>/<protocol>/<row>.keras when there are several."""
         sub = f"{row}.keras" if len(self.protocols) == 1 else f"{protocol}/{row}.keras"
@@ -191,10 +197,8 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
     train_probs, _ = training.predict(classifier, train_frame)
     # the evaluation runs the whole model on images: the prediction time is end to end
     probs, seconds = training.predict(classifier, frame, use_cache=False)
-    clean = frame["train_match"] == ""
-    clean_metrics = study.evaluate(frame[clean], probs[clean.to_numpy()]) if (~clean).any() and clean.any() else None
     return RowResult(row, protocol, seed, classifier, result, side, frame, probs, study.evaluate(frame, probs),
-                     clean_metrics, study.evaluate(train_frame, train_probs), seconds)
+                     study.evaluate_clean(frame, probs), study.evaluate(train_frame, train_probs), seconds)
 
 
 @dataclass

@@ -191,6 +191,7 @@ class BackboneGrid:
     test_probs: np.ndarray
     feature_seconds: float
     head_seconds: float
+    clean_metrics: dict[str, Any] | None = None  # without the test images that match a training image
     classifier: models.Classifier | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -243,7 +244,8 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
             "mean_val_accuracy": float(top["val_accuracy"]), "evaluated_epoch": primary_epoch + 1,
             "val_accuracy": float(run.val_accuracy[primary_epoch, 0, lr_index])}
     result = BackboneGrid(row, cells, best, study.evaluate(parts["test"], test_probs), seed_test,
-                          run.val_probs[primary_epoch, 0, lr_index], test_probs, feature_seconds, run.seconds)
+                          run.val_probs[primary_epoch, 0, lr_index], test_probs, feature_seconds, run.seconds,
+                          clean_metrics=study.evaluate_clean(parts["test"], test_probs))
     result.classifier = rebuild(study, row, classifier, frozen, heads.head, feats, y, seeds[0], lr_index,
                                 float(top["learning_rate"]), primary_epoch + 1)
     return result
