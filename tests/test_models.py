@@ -127,3 +127,15 @@ def test_sarker_faithful_build_has_the_papers_layer_and_parameter_counts():
                                   {"dense": 1, "activation": "sigmoid"}]), classes=BINARY_CLASSES, seed=0)
     assert len(clf.backbone.layers) + len(clf.head.layers) == 158
     assert models.parameter_count(clf.model) == 2_264_385
+
+
+def test_every_augmentation_layer_saves_and_loads_in_safe_mode(tmp_path):
+    clf = build(augmentation={"brightness": 0.2, "flip": "horizontal", "rotation": 0.1, "shear": 0.01, "zoom": 0.2,
+                              "translation": 0.1, "fill_mode": "nearest"})
+    path = tmp_path / "m.keras"
+    clf.model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), clf.model.predict(x, verbose=0), atol=1e-6)
+    assert [type(layer).__name__ for layer in loaded.get_layer("augmentation").layers] == [
+        "RandomBrightness", "RandomFlip", "RandomRotation", "RandomShear", "RandomZoom", "RandomTranslation"]

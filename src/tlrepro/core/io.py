@@ -128,6 +128,14 @@ def plain(value: Any, digits: int = 6) -> Any:
     return value
 
 
+def records(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame as JSON-ready records: missing values as None, not NaN."""
+    import math
+
+    return [{str(k): (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+            for rec in frame.to_dict(orient="records")]
+
+
 def read_json(path: Path | str, what: str = "file") -> Any:
     """JSON from a file, or a UserError naming it (missing, unreadable, not JSON)."""
     from tlrepro.core.paths import relative

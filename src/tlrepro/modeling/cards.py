@@ -14,12 +14,13 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from tlrepro.core import io, paths
 from tlrepro.core.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
 
 CARD_FORMAT = "tlrepro.model-card/1"
 
@@ -77,6 +78,8 @@ def read_card(model_path: Path | str) -> dict[str, Any]:
 def load(model_path: Path | str) -> tuple[keras.Model, dict[str, Any]]:
     """(model, card) of a saved model, loaded with safe_mode (no arbitrary code from the file)."""
     card = read_card(model_path)
+    import keras
+
     import tlrepro.modeling.blocks  # noqa: F401  registers SqueezeExcitation for deserialization
     import tlrepro.modeling.models  # noqa: F401  registers ImageNetPreprocessing
 

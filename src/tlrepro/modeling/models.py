@@ -70,6 +70,19 @@ class ImageNetPreprocessing(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="tlrepro")
+class RandomShear(layers.RandomShear):
+    """Keras's RandomShear, saved so that it loads again: Keras 3.15 writes the expanded range (-f, f) into its
+    config, which its own constructor then rejects; this keeps the factors as given."""
+
+    def __init__(self, x_factor: float = 0.0, y_factor: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(x_factor=x_factor, y_factor=y_factor, **kwargs)
+        self._given = (x_factor, y_factor)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "x_factor": self._given[0], "y_factor": self._given[1]}
+
+
 # ---------------------------------------------------------------- backbones
 
 
@@ -213,7 +226,7 @@ def build_augmentation(spec: Augmentation | None, seed: int) -> keras.Sequential
         "brightness": lambda v, s: layers.RandomBrightness(v, value_range=(0, 255), seed=s),
         "flip": lambda v, s: layers.RandomFlip(v, seed=s),
         "rotation": lambda v, s: layers.RandomRotation(v, fill_mode=fill, seed=s),
-        "shear": lambda v, s: layers.RandomShear(v, v, fill_mode=fill, seed=s),
+        "shear": lambda v, s: RandomShear(v, v, fill_mode=fill, seed=s),
         "zoom": lambda v, s: layers.RandomZoom(v, fill_mode=fill, seed=s),
         "translation": lambda v, s: layers.RandomTranslation(v, v, fill_mode=fill, seed=s),
     }
@@ -311,6 +324,20 @@ def trainable_count(model: keras.Model) -> int:
 
 def parameter_count(model: keras.Model) -> int:
     return int(sum(keras.ops.size(w) for w in model.weights))
+
+
+def layer_table(model: keras.Model, names: Sequence[str] | None = None) -> Any:
+    """Name, type, output shape, trainable and parameter count of a model's layers (or only the named ones)."""
+    import pandas as pd
+
+    rows = []
+    for layer in model.layers:
+        if names is not None and layer.name not in names:
+            continue
+        rows.append({"layer": layer.name, "type": type(layer).__name__,
+                     "output shape": str(tuple(layer.output.shape)) if hasattr(layer, "output") else "—",
+                     "trainable": bool(layer.trainable), "parameters": parameter_count(layer)})
+    return pd.DataFrame(rows)
 
 
 def check_registry() -> None:

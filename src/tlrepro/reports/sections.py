@@ -27,7 +27,7 @@ def ci(value: float | None, low: float | None, high: float | None, digits: int =
     if value is None or pd.isna(value):
         return "—"
     if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return f"{value:.{digits}f}"
+        return number(value, digits)
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -204,8 +204,9 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     level = f"{study.params.evaluation.confidence:.0%}"
     show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours: {level} bootstrap interval "
                       f"over {SIDE_NAMES[study.settings.evaluate_on]} images)"))
-    if frame["ours"].notna().any():
-        display(plots.paper_vs_ours(frame))
+    rates = frame[frame["paper"] <= 1]  # counts (layers, parameters) are compared in the table only
+    if rates["ours"].notna().any():
+        display(plots.paper_vs_ours(rates))
     prov = study.provenance()
     note("**Notes on every difference**\n\n" + "\n".join(
         f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)))

@@ -167,8 +167,3 @@ def random_init_banner(random_init: Sequence[str]) -> str:
     return (f"RANDOM INITIALISATION: {', '.join(random_init)} trained WITHOUT ImageNet weights "
             "(set explicitly in params.yaml). Their figures are not comparable with the paper's.")
 
-
-def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A comparison frame as JSON-ready records: missing values as None, not NaN."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
-            for rec in frame.to_dict(orient="records")]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 if "ipykernel" not in sys.modules and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")  # headless (DVC stages, CI): never try to open a window
@@ -171,6 +172,7 @@ def training_curves(histories: Mapping[str, pd.DataFrame], marks: Mapping[str, i
             else:
                 ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
             ax.set(title=f"{name}: {metric}", xlabel="epoch", ylabel=metric)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return fig
 
 
@@ -330,3 +332,35 @@ def forest(frame: pd.DataFrame) -> Figure:
     ax.set(xlabel="rate (0-1)", title="Every headline figure: paper beside ours")
     ax.legend(fontsize=8, loc="lower left")
     return fig
+
+
+@_styled
+def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], probability: Sequence[float],
+                    truth: Sequence[str] | None = None, *, n: int = 16, cols: int = 4, seed: int = 42,
+                    title: str | None = None) -> Figure:
+    """Thumbnails titled with the predicted class and its probability: black when the truth is not shown,
+    green when right, red with the true class when wrong (kumar2022's figure)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False)) if len(paths) else []
+    rows = max(1, math.ceil(len(picks) / cols))
+    fig, axes = _figure(rows, cols, size=(2.5, 2.8))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picks, strict=False):
+        with Image.open(paths[i]) as img:
+            img = img.convert("RGB")
+            img.thumbnail((256, 256))
+            ax.imshow(np.asarray(img))
+        text = f"{predicted[i]} ({probability[i]:.2f})"
+        color = "black"
+        if truth is not None:
+            right = truth[i] == predicted[i]
+            color = "#2e7d32" if right else "#c62828"
+            text += "" if right else f"\ntrue: {truth[i]}"
+        ax.set_title(text, color=color, fontsize=9)
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return fig
+

@@ -276,6 +276,7 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
                  "split_sha256": cards.file_sha256(paths.split_csv(study.id)), "sides": sides},
         "metrics": {"side": study.settings.evaluate_on, **{k: figures.get(k) for k in (*HEADLINE, "n")}},
         "report": f"reports/{study.id}.html",
+        "phash_max_distance": study.params.leakage.phash_max_distance,
         "training_phashes": training_phashes(train_frame),
     }
 

@@ -68,6 +68,7 @@ def pretrain(key: str) -> Path:
         "data": {"dataset": entry.dataset, "classes": list(classes), "sides": split.groupby("side").size().to_dict(),
                  "index_sha256": cards.file_sha256(paths.index_csv(entry.dataset))},
         "metrics": {"side": "val", **figures},
+        "phash_max_distance": params.leakage.phash_max_distance,
         "training_phashes": sorted(set(np.asarray(train["phash"]).tolist())),
     }
     path, _ = cards.save(classifier.model, paths.pretrained_model(key), card)

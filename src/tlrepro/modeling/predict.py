@@ -1,0 +1,246 @@
+"""Prediction with a saved model and its card: on a folder, a list of paths, or in-memory images.
+
+Preprocessing comes from the card (input size, colour, resizing; scaling is inside the model), never from
+the caller, and images are decoded by the same code the study's evaluation used, so an image gets the same
+probability here as it did there. Each image is decoded once, in parallel (tf.data, fixed order), giving
+both the model's input and the image's perceptual hash; the hash is compared with the hashes of the images
+the model was trained on (in its card), so every prediction says whether the image was, nearly, seen in
+training. Unreadable images are listed with the reason and never stop the rest.
+
+    tlrepro predict models/sarker2025/MobileNetV2.keras some/folder --out predictions.csv
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from tlrepro.core import io, paths
+from tlrepro.core.errors import UserError
+from tlrepro.data import images
+from tlrepro.data.index import scan
+from tlrepro.data.leakage import as_uint64
+from tlrepro.modeling import cards
+
+DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the same picture"
+
+
+def _decode(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
+    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises."""
+    facts = images.inspect_bytes(data)
+    if isinstance(facts, str):
+        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, facts.encode()
+    with Image.open(_io.BytesIO(data)) as image:
+        image.load()
+        rgb = images.to_rgb(image)
+    bits = np.array(int(facts.phash, 16), dtype=np.uint64).view(np.int64)
+    return images.resized_array(rgb, size), bits, True, b""
+
+
+def _decode_file(path: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
+    try:
+        data = Path(os.fsdecode(path)).read_bytes()
+    except OSError as exc:
+        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, f"unreadable file: {exc.strerror or exc}".encode()
+    return _decode(data, size)
+
+
+@dataclass
+class Predictor:
+    """A saved model with its card, ready to label images."""
+
+    model_path: Path
+    model: Any = field(repr=False)
+    card: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def load(cls, model: str | Path, models_dir: Path | None = None) -> Predictor:
+        path = cards.resolve(str(model), models_dir)
+        keras_model, card = cards.load(path)
+        return cls(path, keras_model, card)
+
+    def __post_init__(self) -> None:
+        self.size = int(self.card["image_size"])
+        self.classes = list(self.card["classes"])
+        self.threshold = self.card.get("threshold")
+        self.seen_distance = int(self.card.get("phash_max_distance", DEFAULT_SEEN_DISTANCE))
+        self.training = as_uint64(self.card.get("training_phashes") or [])
+        import tensorflow as tf
+
+        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name") or self.model_path.stem)
+
+    def dataset(self, sources: Sequence[str], batch_size: int, *, from_bytes: Sequence[bytes] | None = None) -> Any:
+        """Batches of (image, phash, ok, reason), decoded in parallel in a fixed order (a tf.data.Dataset)."""
+        import tensorflow as tf
+
+        items = list(from_bytes) if from_bytes is not None else [os.fsencode(s) for s in sources]
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(items, dtype=tf.string))
+        reader = _decode if from_bytes is not None else _decode_file
+
+        def decode(item):
+            image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size), [item],
+                                                        [tf.uint8, tf.int64, tf.bool, tf.string])
+            image = tf.ensure_shape(tf.cast(image, tf.float32), (self.size, self.size, 3))
+            return image, tf.ensure_shape(bits, ()), tf.ensure_shape(ok, ()), tf.ensure_shape(reason, ())
+
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(
+            tf.data.AUTOTUNE)
+
+    def _run(self, dataset: Any, total: int, batch_size: int, progress: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        probs, bits, oks, reasons = [], [], [], []
+        steps = int(np.ceil(total / batch_size))
+        for image, phash, ok, reason in tqdm(dataset, total=steps, desc=f"predict ({self.name})", unit="batch",
+                                             disable=None if progress else True, leave=False):
+            probs.append(np.asarray(self._forward(image), dtype="float64"))
+            bits.append(phash.numpy()), oks.append(ok.numpy())
+            reasons += [r.decode() for r in reason.numpy()]
+        if not probs:
+            return np.zeros((0, len(self.classes))), np.zeros(0, np.uint64), np.zeros(0, bool), []
+        return (np.concatenate(probs), np.concatenate(bits).view(np.uint64), np.concatenate(oks), reasons)
+
+    def nearest_training(self, hashes: np.ndarray) -> np.ndarray:
+        """Hamming distance from each hash to the nearest training image's hash (65 when the card has none)."""
+        if not len(self.training) or not len(hashes):
+            return np.full(len(hashes), 65, dtype=int)
+        out = np.empty(len(hashes), dtype=int)
+        for start in range(0, len(hashes), 256):
+            chunk = hashes[start : start + 256, None] ^ self.training[None, :]
+            out[start : start + 256] = np.bitwise_count(chunk).min(axis=1)
+        return out
+
+    def labels_of(self, probs: np.ndarray) -> list[str]:
+        if probs.shape[1] == 1:  # binary: P(positive class) against the card's threshold
+            return [self.classes[int(p >= self.threshold)] for p in probs[:, 0]]
+        return [self.classes[i] for i in probs.argmax(axis=1)]
+
+    def probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """One column per class (a binary model's single output becomes P(benign), P(malignant))."""
+        return np.column_stack([1 - probs[:, 0], probs[:, 0]]) if probs.shape[1] == 1 else probs
+
+    def _rows(self, names: Sequence[str], probs, bits, oks, reasons) -> tuple[pd.DataFrame, pd.DataFrame]:
+        good = np.flatnonzero(oks)
+        per_class = self.probabilities(probs[good]) if len(good) else np.zeros((0, len(self.classes)))
+        distance = self.nearest_training(bits[good])
+        table = pd.DataFrame({"path": [names[i] for i in good], "predicted_label": self.labels_of(probs[good])})
+        for j, name in enumerate(self.classes):
+            table[f"p_{name}"] = np.round(per_class[:, j], 6)
+        table["threshold"] = self.threshold
+        table["seen_in_training"] = distance <= self.seen_distance
+        table["nearest_training_distance"] = distance
+        bad = [i for i in range(len(names)) if not oks[i]]
+        rejected = pd.DataFrame({"path": [names[i] for i in bad],
+                                 "reason": [reasons[i] for i in bad]}, columns=["path", "reason"])
+        return table, rejected
+
+    def predict_paths(self, files: Sequence[str | Path], *, batch_size: int = 32, progress: bool = True,
+                      names: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(predictions, rejected) for image files, in the given order."""
+        files = [str(f) for f in files]
+        out = self._run(self.dataset(files, batch_size), len(files), batch_size, progress)
+        return self._rows(list(names) if names is not None else files, *out)
+
+    def predict_bytes(self, blobs: Sequence[bytes], *, batch_size: int = 32,
+                      names: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(predictions, rejected) for encoded images held in memory (uploads)."""
+        out = self._run(self.dataset([], batch_size, from_bytes=blobs), len(blobs), batch_size, progress=False)
+        return self._rows(list(names) if names is not None else [f"image {i}" for i in range(len(blobs))], *out)
+
+    def predict_arrays(self, arrays: Iterable[np.ndarray | Image.Image], *, batch_size: int = 32) -> pd.DataFrame:
+        """Predictions for decoded RGB images (any size: resized as the card says)."""
+        blobs = []
+        for a in arrays:
+            buffer = _io.BytesIO()
+            (a if isinstance(a, Image.Image) else Image.fromarray(np.asarray(a, dtype=np.uint8))).save(buffer, "PNG")
+            blobs.append(buffer.getvalue())
+        return self.predict_bytes(blobs, batch_size=batch_size)[0]
+
+
+def find_images(folder: Path) -> tuple[list[Path], pd.DataFrame, int]:
+    """(image files, rejected files with reasons, count of other files) under `folder`, recursively, sorted."""
+    files, problems, _ = scan(folder)
+    accepted, rejected, other = [], list(problems), 0
+    for rel in files:
+        if images.is_image_file(rel.name):
+            accepted.append(folder / rel)
+        elif rel.suffix.lower() in images.UNSUPPORTED_EXTENSIONS:
+            rejected.append({"path": str(rel), "reason": f"unsupported image format {rel.suffix.lower()}: "
+                                                         f"convert it to PNG or JPEG"})
+        else:
+            other += 1
+    rejected = [{"path": str(folder / r["path"]) if not Path(r["path"]).is_absolute() else r["path"],
+                 "reason": r["reason"]} for r in rejected]
+    return accepted, pd.DataFrame(rejected, columns=["path", "reason"]), other
+
+
+def predict_folder(model: str | Path, folder: str | Path, *, out: str | Path = "predictions.csv", batch_size: int = 32,
+                   progress: bool = True, explain: bool = False) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Label every image under `folder`; write the CSV (and <out>.rejected.csv when some could not be read).
+
+    Everything that can be checked without TensorFlow (folder, images, model file, card) is checked first,
+    so a mistake costs a second, not a TensorFlow start."""
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: give the folder of images to label.")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}.")
+    files, rejected_files, other = find_images(folder)
+    if not files:
+        raise UserError(f"{folder} holds no image that prepare accepts ({', '.join(sorted(images.IMAGE_EXTENSIONS))})"
+                        f"{f'; {len(rejected_files)} rejected' if len(rejected_files) else ''}: point at a folder of images.")
+    cards.read_card(cards.resolve(str(model)))
+    predictor = Predictor.load(model)
+    names = [os.path.relpath(f, folder) for f in files]
+    table, rejected = predictor.predict_paths(files, batch_size=batch_size, progress=progress, names=names)
+    rejected_files = rejected_files.assign(path=[os.path.relpath(p, folder) for p in rejected_files["path"]])
+    rejected = pd.concat([rejected, rejected_files], ignore_index=True).sort_values("path", ignore_index=True)
+    io.write_csv(out, table)
+    rejected_path = out.with_name(out.stem + ".rejected.csv")
+    if len(rejected):
+        io.write_csv(rejected_path, rejected)
+    else:
+        rejected_path.unlink(missing_ok=True)
+    if explain and len(table):
+        from tlrepro.modeling.explain import write_overlays
+
+        write_overlays(predictor, [folder / p for p in table["path"]], out.with_name(out.stem + "_gradcam"))
+    counts = table["predicted_label"].value_counts().to_dict()
+    print(f"{predictor.name}: labelled {len(table)} image(s) in {folder} ("
+          + ", ".join(f"{counts.get(c, 0)} {c}" for c in predictor.classes) + f"); wrote {out}")
+    if len(rejected):
+        print(f"{len(rejected)} file(s) could not be used, with the reasons in {rejected_path}")
+    seen = int(table["seen_in_training"].sum())
+    if seen:
+        print(f"{seen} image(s) look like images the model was trained on (perceptual hash within "
+              f"{predictor.seen_distance} bits): their predictions say little about new images")
+    if other:
+        print(f"{other} other file(s) ignored (not images)")
+    return out, table, rejected
+
+
+def predict_cli(model: str, folder: str, *, out: str, batch_size: int, explain: bool) -> None:
+    predict_folder(model, folder, out=out, batch_size=batch_size, explain=explain)
+
+
+def model_names(models_dir: Path | None = None) -> list[str]:
+    """Every saved model with a card under models/ (pretrained ones excluded), as <study>/<row> names."""
+    base = models_dir or paths.MODELS
+    found = []
+    for card in sorted(base.rglob("*.card.json")) if base.is_dir() else []:
+        rel = card.relative_to(base)
+        if rel.parts[0] != "pretrained":
+            found.append(str(rel.with_name(rel.name.removesuffix(".card.json"))))
+    return found

@@ -1,0 +1,130 @@
+"""`tlrepro predict` and the package's predict functions on a tiny saved model: every good image labelled, bad
+ones listed with reasons, the same probability as a direct forward pass, seen-in-training flags, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tlrepro.core import paths
+from tlrepro.core.config import RowSettings, resolve_row
+from tlrepro.core.errors import UserError
+from tlrepro.data.images import inspect_image
+from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.data.tfdata import load_resized
+from tlrepro.modeling import cards, models
+from tlrepro.modeling.predict import Predictor, predict_folder
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """JPEG, PNG, GIF (one in a subfolder), a truncated file, a WebP, a text file."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, fmt in (("a.jpg", "JPEG"), ("b.png", "PNG"), ("sub/c.gif", "GIF"), ("sub/deeper/d.JPEG", "JPEG")):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((40, 50, 3)) * 255).astype("uint8")).save(path, fmt)
+    good = (root / "a.jpg").read_bytes()
+    (root / "broken.jpg").write_bytes(good[: len(good) // 3])
+    Image.new("RGB", (8, 8)).save(root / "e.webp", "WEBP")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, folder) -> Path:
+    row = resolve_row("tiny", RowSettings(), RowSettings(
+        backbone="MobileNetV2", weights="random", image_size=SIZE, batch_size=4, learning_rate=1e-3, epochs=1,
+        head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
+    clf = models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
+    path = tmp_path_factory.mktemp("models") / "demo" / "tiny.keras"
+    seen = inspect_image(folder / "b.png").phash  # pretend b.png was a training image
+    card = {"name": "demo/tiny", "study": "demo", "row": "tiny", "image_size": SIZE, "classes": list(BINARY_CLASSES),
+            "threshold": 0.5, "phash_max_distance": 4, "training_phashes": [seen, "0000000000000000"]}
+    cards.save(clf.model, path, card)
+    return path
+
+
+def test_predict_folder_labels_every_good_image_and_lists_bad_ones(saved_model, folder, tmp_path):
+    out, table, rejected = predict_folder(saved_model, folder, out=tmp_path / "pred.csv", batch_size=3, progress=False)
+    assert sorted(table["path"]) == ["a.jpg", "b.png", "sub/c.gif", "sub/deeper/d.JPEG"]
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["path", "predicted_label", "p_benign", "p_malignant", "threshold",
+                                     "seen_in_training", "nearest_training_distance"]
+    np.testing.assert_allclose(written["p_benign"] + written["p_malignant"], 1.0, atol=1e-6)
+    reasons = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    assert set(reasons) == {"broken.jpg", "e.webp"}
+    assert "truncated" in reasons["broken.jpg"] and "unsupported image format .webp" in reasons["e.webp"]
+    assert pd.read_csv(tmp_path / "pred.rejected.csv")["path"].tolist() == ["broken.jpg", "e.webp"]
+    seen = written.set_index("path")
+    assert bool(seen.loc["b.png", "seen_in_training"]) and seen.loc["b.png", "nearest_training_distance"] == 0
+    assert not seen.loc["a.jpg", "seen_in_training"]
+
+
+def test_the_same_image_gets_the_same_probability_as_a_direct_forward_pass(saved_model, folder):
+    predictor = Predictor.load(saved_model)
+    files = [folder / "a.jpg", folder / "sub/c.gif"]
+    table, _ = predictor.predict_paths(files, batch_size=1, progress=False)
+    direct = predictor.model.predict(np.stack([load_resized(str(f), SIZE) for f in files]).astype("float32"),
+                                     verbose=0).ravel()
+    np.testing.assert_allclose(table["p_malignant"], direct, atol=1e-6)
+    from_bytes, _ = predictor.predict_bytes([f.read_bytes() for f in files])
+    np.testing.assert_allclose(from_bytes["p_malignant"], direct, atol=1e-6)
+    arrays = predictor.predict_arrays([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    np.testing.assert_allclose(arrays["p_malignant"], direct, atol=1e-6)
+    _, bad = predictor.predict_bytes([b"", b"GIF89a junk"])
+    assert bad["reason"].tolist()[0] == "empty file (0 bytes)" and bad["reason"].tolist()[1].startswith(("cannot", "not"))
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLREPRO_")}
+    return subprocess.run([sys.executable, "-m", "tlrepro", "predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exits_0_and_writes_the_table(saved_model, folder, tmp_path):
+    result = run_cli(str(saved_model), str(folder), "--out", str(tmp_path / "p.csv"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "labelled 4 image(s)" in result.stdout and "2 file(s) could not be used" in result.stdout
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 4
+
+
+def test_cli_errors_are_one_line(saved_model, folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    no_card = tmp_path / "nocard.keras"
+    no_card.write_bytes(saved_model.read_bytes())
+    mismatch = tmp_path / "m" / "tiny.keras"
+    mismatch.parent.mkdir()
+    mismatch.write_bytes(saved_model.read_bytes() + b"changed")
+    card = json.loads(paths.card_of(saved_model).read_text())
+    paths.card_of(mismatch).write_text(json.dumps(card))
+    for args, expected in (((str(saved_model), str(empty)), "holds no image"),
+                           ((str(saved_model), str(tmp_path / "missing")), "is not a folder"),
+                           ((str(tmp_path / "missing.keras"), str(folder)), "not found"),
+                           ((str(no_card), str(folder)), "has no model card"),
+                           ((str(mismatch), str(folder)), "does not match"),
+                           (("nostudy/norow", str(folder)), "No saved model `nostudy/norow`")):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_names_resolve_to_saved_models(saved_model):
+    base = saved_model.parent.parent
+    assert cards.resolve("demo/tiny", base) == saved_model
+    with pytest.raises(UserError, match="known: demo/tiny"):
+        cards.resolve("demo/other", base)
