@@ -1,20 +1,23 @@
-"""Cached frozen features vs plain Keras `fit`: wall time and test accuracy of mobilenet2025's config 1.
+"""Cached frozen features vs plain Keras `fit`: wall time and test accuracy of one row trained both ways.
 
-Config 1 (frozen MobileNetV2 backbone, the study's head, Adam at its learning rate) is trained twice on
-the same images from the same seed:
+By default mobilenet2025's `frozen` row (frozen MobileNetV2, the study's head, Adam at the row's learning
+rate and epochs; all from params.yaml) is built and trained twice from the same seed on the same images:
 
-- plain: the whole model is fitted on images (tlrepro.training.train(..., use_cache=False)), so the
-  frozen backbone runs on every image in every epoch;
-- cached: the frozen part runs once per split into an empty, temporary feature cache and only the head is
-  fitted (use_cache=True); its wall time includes that feature extraction.
+- plain: `tlrepro.modeling.training.train(..., use_cache=False)`: the whole model is fitted on images, so
+  the frozen backbone runs on every image in every epoch (validation too);
+- cached: `train(..., use_cache=True)` with an empty temporary feature cache: the frozen part runs once
+  over the train and validation images, then only the head is fitted; its wall time includes that
+  feature extraction.
 
-Both models are then evaluated on the split's test images through the whole model (no cache).
-All settings come from params.yaml (`seed`, `mobilenet2025.*`, `mobilenet2025.configs.frozen`).
+Both models are then evaluated on the study's evaluation side through the whole model on images (no
+cache), and the script prints both wall times, their ratio, both accuracies and their difference.
 
     python benchmarks/cached_vs_plain.py                                   # the full study split
-    python benchmarks/cached_vs_plain.py --split data/splits/lin2024.csv --max-images 60 --epochs 2
+    python benchmarks/cached_vs_plain.py --max-images 60 --epochs 2        # a quick look
+    python benchmarks/cached_vs_plain.py --params /tmp/params.yaml --max-images 4 --epochs 1 --weights random
 
-Needs ImageNet weights for MobileNetV2 (internet, or IMAGENET_WEIGHTS_DIR), or `--weights random`.
+Needs data/splits/<study>.csv, and ImageNet weights for the row's backbone (internet, or
+IMAGENET_WEIGHTS_DIR) unless `--weights random`. It prints figures; it is not a test.
 """
 
 from __future__ import annotations
@@ -27,116 +30,99 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-STUDY = "mobilenet2025"
-CONFIG = "frozen"
+from _common import Table, cap_sides, ratio, run_main, side_counts  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=Path(f"data/splits/{STUDY}.csv"),
-                        help="split CSV with train/val/test rows (default: %(default)s)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--params", type=Path, default=None, help="params file (default: the project's params.yaml)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs (default: params.yaml {STUDY}.configs.{CONFIG}.epochs)")
+    parser.add_argument("--study", default="mobilenet2025", help="study id (default: %(default)s)")
+    parser.add_argument("--row", default="frozen", help="row of the study to train, from its initial weights (a `start_from` is not followed; "
+                             "default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help="epochs (default: the row's, after scale.max_epochs and the row's max_epochs)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
-                        help="at most N images of each class in each of train/val/test, drawn with the seed")
+                        help="at most N images of each class on each side, drawn with the seed (in memory)")
     parser.add_argument("--weights", choices=("imagenet", "random"), default=None,
-                        help=f"backbone weights (default: params.yaml {STUDY}.weights)")
-    return parser.parse_args(argv)
-
-
-def cap(frame, max_images: int | None, seed: int):
-    """At most `max_images` rows per (split, label), drawn at random with `seed`; row order kept."""
-    import numpy as np
-
-    if not max_images:
-        return frame
-    rng = np.random.default_rng(seed)
-    frame = frame.sort_values("path").reset_index(drop=True)
-    keep: list[int] = []
-    for _, group in frame.groupby(["split", "label"], sort=True):
-        size = min(int(max_images), len(group))
-        keep.extend(rng.choice(group.index.to_numpy(), size=size, replace=False).tolist())
-    return frame.loc[sorted(keep)].reset_index(drop=True)
+                        help="backbone weights (default: the row's `weights`)")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "max_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
 
 
 def run(args: argparse.Namespace) -> None:
-    from tlrepro import config, models, paths, training
-    from tlrepro.evaluation import binary_metrics
-    from tlrepro.tfdata import read_split
+    from tlrepro.core import config
+    from tlrepro.core.errors import UserError
 
-    params = config.load_params(args.params)
-    seed = int(config.require(params, "seed"))
-    study = config.study(STUDY, params)
-    settings = config.require(params, f"{STUDY}.configs.{CONFIG}")
-    backbone = str(config.require(params, f"{STUDY}.backbone"))
-    image_size = int(config.require(params, f"{STUDY}.image_size"))
-    batch_size = int(config.require(params, f"{STUDY}.batch_size"))
-    head = config.require(params, f"{STUDY}.head")
-    preprocessing = str(study.get("preprocessing", "native"))
-    weights = args.weights or str(config.require(params, f"{STUDY}.weights"))
-    learning_rate = float(config.require(params, f"{STUDY}.configs.{CONFIG}.learning_rate"))
-    trainable = settings.get("trainable_layers", 0)
-    epochs = int(args.epochs or config.require(params, f"{STUDY}.configs.{CONFIG}.epochs"))
+    config.load_params(args.params).study(args.study).row(args.row)  # bad params stop here, before TensorFlow
 
-    split_path = args.split if args.split.is_absolute() else paths.PROJECT_ROOT / args.split
-    frame = cap(read_split(split_path), args.max_images, seed)
-    test = frame[frame["split"] == "test"]
-    if test.empty:
-        raise SystemExit(f"error: {paths.relative(split_path)} has no test rows to evaluate on.")
-    counts = frame.groupby("split").size().to_dict()
-    capped = f", at most {args.max_images} per class per split" if args.max_images else ""
-    print(f"{STUDY} config `{CONFIG}`: {backbone} ({weights}), trainable_layers {trainable}, "
-          f"preprocessing {preprocessing}, Adam {learning_rate:g}, {epochs} epochs, batch {batch_size}, seed {seed}")
-    print("images: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "val", "test"))
-          + f" ({paths.relative(split_path)}{capped})", flush=True)
+    from tlrepro.modeling import frozen_cache as fc
+    from tlrepro.modeling import training
+    from tlrepro.studies.base import build, load_study
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="tlrepro-features-"))
+    study = load_study(args.study, args.params)
+    row = study.row(args.row)
+    if args.weights:
+        row = row.model_copy(update={"weights": args.weights})
+    study.split = cap_sides(study.split, args.max_images, study.seed)
+    seed = study.seed
+    epochs = study.epochs(row, args.epochs)
+    train_frame, val_frame = study.part("train"), study.part("val")
+    side = study.settings.evaluate_on
+    evaluation = study.part(side)
+    if evaluation.empty:
+        raise UserError(f"{args.study} has no {side} images to evaluate on (protocol {study.primary}).")
+    capped = f", at most {args.max_images} per class per side" if args.max_images else ""
+    rate = f"{row.optimizer} {row.learning_rate:g}" if row.learning_rate else row.optimizer
+    frozen = f"trainable_from {row.trainable_from}" if row.trainable_from else f"trainable_layers {row.trainable_layers}"
+    print(f"{args.study} row `{row.name}`: {row.backbone} ({row.weights}), {frozen}, "
+          f"preprocessing {row.preprocessing}, {rate}, {epochs} epoch(s), batch {row.batch_size}, "
+          f"{row.image_size} px, seed {seed}")
+    print(f"images: {side_counts(study)} (protocol {study.primary}{capped}); evaluated on {side}", flush=True)
+
     results = {}
-    try:
-        for name, use_cache in (("plain", False), ("cached", True)):
-            if use_cache:
-                os.environ["TLREPRO_FEATURE_CACHE"] = str(cache_dir)  # empty: extraction is timed
-            training.seed_everything(seed)
-            classifier = models.build_classifier(backbone, image_size=image_size, weights=weights, head=head,
-                                                 preprocessing=preprocessing, seed=seed)
-            models.set_trainable(classifier, trainable)
-            started = time.perf_counter()
-            fitted = training.train(classifier, frame, learning_rate=learning_rate, epochs=epochs,
-                                    batch_size=batch_size, seed=seed, name=name, config=settings,
-                                    use_cache=use_cache)
-            wall = time.perf_counter() - started
-            if use_cache and not fitted.cached:
-                raise SystemExit("error: the cached path fell back to plain training (nothing frozen to cache).")
-            probs, _ = training.predict(classifier, test, batch_size=batch_size, use_cache=False)
-            results[name] = {"wall": wall, "fit": fitted.seconds, "features": fitted.feature_seconds,
-                             "metrics": binary_metrics(test["label"], probs)}
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
+    for name, use_cache in (("plain", False), ("cached", True)):
+        training.seed_everything(seed)
+        classifier = build(study, row, seed)
+        if not use_cache and fc.split_frozen(classifier) is None:
+            raise UserError(f"row `{row.name}` has no frozen part the cache can hold (augmentation before it, or "
+                            f"nothing frozen): cached and plain training would be the same; pick another --row.")
+        started = time.perf_counter()
+        fitted = training.train(classifier, train_frame, val_frame, train_labels=study.labels(train_frame),
+                                val_labels=study.labels(val_frame), epochs=epochs, seed=seed, name=name,
+                                use_cache=use_cache, log=False)
+        wall = time.perf_counter() - started
+        probs, _ = training.predict(classifier, evaluation, use_cache=False)
+        results[name] = (wall, fitted, study.evaluate(evaluation, probs))
 
-    plain, cached = results["plain"], results["cached"]
     print()
-    print(f"{'':8} {'wall s':>9} {'test accuracy':>14}")
-    print(f"{'plain':8} {plain['wall']:9.1f} {plain['metrics']['accuracy']:14.4f}")
-    print(f"{'cached':8} {cached['wall']:9.1f} {cached['metrics']['accuracy']:14.4f}   "
-          f"(feature extraction {cached['features']:.1f} s + fit {cached['fit']:.1f} s)")
-    print(f"wall time ratio plain / cached: {plain['wall'] / cached['wall']:.2f}x")
-    print(f"test accuracy difference cached - plain: {cached['metrics']['accuracy'] - plain['metrics']['accuracy']:+.4f} "
-          f"(n = {plain['metrics']['n']} test images)")
+    table = Table([("path", 6, "<"), ("wall s", 9, ">"), ("features s", 10, ">"), ("fit s", 9, ">"),
+                   ("epochs", 6, ">"), (f"{side} accuracy", 13, ">"), ("training path", 15, "<")])
+    table.header()
+    for name, (wall, fitted, figures) in results.items():
+        table.row(name, wall, fitted.feature_seconds if fitted.cached else None, fitted.seconds, fitted.epochs_run,
+                  f"{figures['accuracy']:.4f}", fitted.path)
+    (plain_wall, _, plain), (cached_wall, _, cached) = results["plain"], results["cached"]
+    print()
+    print(f"wall time ratio plain / cached: {ratio(plain_wall, cached_wall)}")
+    print(f"{side} accuracy difference cached - plain: {cached['accuracy'] - plain['accuracy']:+.4f} "
+          f"(n = {plain['n']} {side} images)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tlrepro.errors import UserError
-
+    cache_dir = Path(tempfile.mkdtemp(prefix="tlrepro-features-"))
+    os.environ["TLREPRO_FEATURE_CACHE"] = str(cache_dir)  # empty: the cached run's extraction is timed
     try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return run_main(lambda: run(args))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,9 @@ def test_parallel_heads_equal_separate_keras_runs():
 
 def test_heads_of_one_seed_start_alike_and_seeds_differ():
     heads = grid.ParallelHeads(HEAD, 5, [1, 2], [1e-3, 1e-2])
-    w = heads.variables[0].numpy()
-    np.testing.assert_array_equal(w[0, 0], w[0, 1])
-    assert not np.allclose(w[0, 0], w[1, 0])
+    for a, b in zip(heads.weights_of(0, 0), heads.weights_of(0, 1), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(heads.weights_of(0, 0)[0], heads.weights_of(1, 0)[0])
 
 
 def test_early_stopping_reads_validation_at_the_restored_epoch():

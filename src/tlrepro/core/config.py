@@ -174,6 +174,7 @@ class RowSettings(Strict):
     augmentation: Augmentation | None = None
     augmentation_views: PosInt | None = None
     trainable_layers: NonNegInt | Literal["all"] | None = None
+    trainable_from: str | None = None  # the backbone layer (by name) from which on everything trains
     start_from: str | None = None  # an earlier row of the same study: continue training its model
     optimizer: Literal["adam", "sgd"] | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None  # sgd only
@@ -201,6 +202,7 @@ class Row(BaseModel):
     augmentation: Augmentation | None = None
     augmentation_views: int | None = None
     trainable_layers: int | Literal["all"] = 0
+    trainable_from: str | None = None
     start_from: str | None = None
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.0
@@ -229,6 +231,8 @@ def resolve_row(name: str, defaults: RowSettings, row: RowSettings, *, needs_sch
         raise ValueError(f"row `{name}` needs {', '.join(f'`{m}`' for m in missing)} (on the row or in `defaults`)")
     if merged.get("augmentation_views") and not merged.get("augmentation"):
         raise ValueError(f"row `{name}`: `augmentation_views` needs `augmentation`")
+    if merged.get("trainable_from") and "trainable_layers" in row.model_fields_set:
+        raise ValueError(f"row `{name}`: give `trainable_layers` or `trainable_from`, not both")
     if merged.get("momentum") and merged.get("optimizer") != "sgd":
         raise ValueError(f"row `{name}`: `momentum` is a setting of optimizer sgd")
     return Row(name=name, **{k: v for k, v in merged.items() if v is not None})
@@ -332,6 +336,16 @@ class Study(Strict):
         return next(iter(self.protocols))
 
 
+class Serve(Strict):
+    """`tlrepro serve`: the model answering requests that name none, upload limits, request batching."""
+
+    default_model: str | None = None  # <study>/<row>; None: the first saved model found
+    max_upload_mb: Annotated[float, Field(gt=0, le=200)] = 10.0  # checked before any decoding
+    max_pixels: Annotated[int, Field(ge=1024, le=200_000_000)] = 40_000_000  # decompression-bomb guard
+    max_batch: Annotated[int, Field(ge=1, le=512)] = 16  # requests that arrive together share one model call
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0  # how long a request waits for others to join
+
+
 class Params(Strict):
     seed: NonNegInt
     scale: Scale = Scale()
@@ -341,6 +355,7 @@ class Params(Strict):
     evaluation: Evaluation = Evaluation()
     pretraining: dict[str, Pretraining] = Field(default_factory=dict)
     studies: dict[str, Study] = Field(default_factory=dict)
+    serve: Serve = Serve()
 
     @field_validator("datasets", "derived", "pretraining", "studies")
     @classmethod
@@ -409,8 +424,10 @@ class Params(Strict):
 
     def epochs(self, row: Row, epochs: int | None = None) -> int:
         """An epoch count after the row's `max_epochs` and the quick-pass cap `scale.max_epochs`."""
-        caps = [c for c in (epochs if epochs is not None else row.epochs, row.max_epochs, self.scale.max_epochs) if c]
-        return int(min(caps))
+        wanted = epochs if epochs is not None else row.epochs
+        if wanted is None:
+            raise ValueError(f"row `{row.name}` has no epoch count (a grid row: pass the budget)")
+        return int(min(c for c in (wanted, row.max_epochs, self.scale.max_epochs) if c))
 
 
 def _suggest(name: str, known: list[str]) -> str:

@@ -70,6 +70,11 @@ def dihedral_phashes(rgb: Image.Image) -> list[str]:
     return [phash_hex(view(gray)) for view in VIEWS.values()]
 
 
+def phash_of(rgb: Image.Image) -> str:
+    """The image's own perceptual hash (imagehash.phash)."""
+    return phash_hex(np.asarray(rgb.convert("L").resize((32, 32), Image.Resampling.LANCZOS)))
+
+
 def inspect_image(path: Path | str) -> ImageInfo | str:
     """The image's facts, or a one-line reason why it cannot be used (empty, truncated, not an image...)."""
     try:
@@ -79,7 +84,9 @@ def inspect_image(path: Path | str) -> ImageInfo | str:
     return inspect_bytes(data)
 
 
-def inspect_bytes(data: bytes) -> ImageInfo | str:
+def inspect_bytes(data: bytes, *, dihedral: bool = True) -> ImageInfo | str:
+    """As inspect_image, for bytes in memory; without `dihedral` only the image's own phash is computed
+    (prediction needs no rotated forms), and `dihedral_phashes` holds just that one."""
     if not data:
         return "empty file (0 bytes)"
     try:
@@ -90,7 +97,7 @@ def inspect_bytes(data: bytes) -> ImageInfo | str:
                 return f"too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})"
             image.load()  # decodes every pixel: this is what catches truncated files
             rgb = to_rgb(image)
-            hashes = dihedral_phashes(rgb)
+            hashes = dihedral_phashes(rgb) if dihedral else [phash_of(rgb)]
             return ImageInfo(sha256=hashlib.sha256(data).hexdigest(), width=image.width, height=image.height,
                              mode=image.mode, phash=hashes[0], dihedral_phashes=" ".join(hashes))
     except Image.UnidentifiedImageError:

@@ -304,14 +304,23 @@ def classifier_from_model(model: keras.Model, row: Row, classes: Sequence[str]) 
 # ---------------------------------------------------------------- freeze policies
 
 
-def set_trainable(classifier: Classifier, trainable_layers: int | str) -> None:
-    """Freeze policy for the backbone: 0 (frozen), N (its last N layers trainable) or 'all'.
+def set_trainable(classifier: Classifier, trainable_layers: int | str, trainable_from: str | None = None) -> None:
+    """Freeze policy for the backbone: 0 (frozen), N (its last N layers trainable), 'all', or every layer from
+    the one named `trainable_from` on (a block boundary, whatever blocks were inserted before it).
 
     Layers in the frozen part get `trainable = False`, which in Keras 3 also keeps BatchNormalization
     there in inference mode. The head stays trainable. Recompile after calling this.
     """
     backbone_layers = classifier.backbone.layers
-    cut = 0 if trainable_layers == "all" else max(len(backbone_layers) - int(trainable_layers), 0)
+    if trainable_from is not None:
+        names = [layer.name for layer in backbone_layers]
+        if trainable_from not in names:
+            close = [n for n in names if n.startswith(trainable_from.split("_")[0])][:5] or names[-5:]
+            raise UserError(f"row `{classifier.row.name}`: trainable_from `{trainable_from}` is not a layer of "
+                            f"{classifier.backbone.name} (e.g. {', '.join(close)}).")
+        cut = names.index(trainable_from)
+    else:
+        cut = 0 if trainable_layers == "all" else max(len(backbone_layers) - int(trainable_layers), 0)
     classifier.backbone.trainable = True
     for i, layer in enumerate(backbone_layers):
         layer.trainable = i >= cut

@@ -34,9 +34,11 @@ from tlrepro.modeling import cards
 DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the same picture"
 
 
-def _decode(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
-    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises."""
-    facts = images.inspect_bytes(data)
+def decode_image(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
+    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises.
+
+    The one decoding path of prediction: `tlrepro predict`, the notebooks and the REST service all use it."""
+    facts = images.inspect_bytes(data, dihedral=False)
     if isinstance(facts, str):
         return np.zeros((size, size, 3), np.uint8), np.int64(0), False, facts.encode()
     with Image.open(_io.BytesIO(data)) as image:
@@ -51,7 +53,7 @@ def _decode_file(path: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, by
         data = Path(os.fsdecode(path)).read_bytes()
     except OSError as exc:
         return np.zeros((size, size, 3), np.uint8), np.int64(0), False, f"unreadable file: {exc.strerror or exc}".encode()
-    return _decode(data, size)
+    return decode_image(data, size)
 
 
 @dataclass
@@ -76,7 +78,11 @@ class Predictor:
         self.training = as_uint64(self.card.get("training_phashes") or [])
         import tensorflow as tf
 
-        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._compiled = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def forward(self, batch: Any) -> np.ndarray:
+        """The model's raw output for a batch of float32 images (N, size, size, 3), values 0..255."""
+        return np.asarray(self._compiled(batch), dtype="float64")
 
     @property
     def name(self) -> str:
@@ -88,7 +94,7 @@ class Predictor:
 
         items = list(from_bytes) if from_bytes is not None else [os.fsencode(s) for s in sources]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(items, dtype=tf.string))
-        reader = _decode if from_bytes is not None else _decode_file
+        reader = decode_image if from_bytes is not None else _decode_file
 
         def decode(item):
             image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size), [item],
@@ -105,7 +111,7 @@ class Predictor:
         steps = int(np.ceil(total / batch_size))
         for image, phash, ok, reason in tqdm(dataset, total=steps, desc=f"predict ({self.name})", unit="batch",
                                              disable=None if progress else True, leave=False):
-            probs.append(np.asarray(self._forward(image), dtype="float64"))
+            probs.append(self.forward(image))
             bits.append(phash.numpy()), oks.append(ok.numpy())
             reasons += [r.decode() for r in reason.numpy()]
         if not probs:

@@ -11,12 +11,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
 from tlrepro.core import paths
 from tlrepro.data.leakage import MATCH_KINDS
-from tlrepro.results import compare, plots
+from tlrepro.results import compare, metrics, plots
 from tlrepro.studies.base import Study
 
 SIDE_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -95,7 +96,9 @@ def rows_table(study: Study) -> pd.DataFrame:
         records.append({
             "row": row.name, "backbone": row.backbone + (" + SE" if row.se else ""),
             "weights": weights, "start": row.start_from or row.init_from or "new",
-            "trainable backbone layers": row.trainable_layers, "optimizer": row.optimizer,
+            "trainable backbone": f"from {row.trainable_from}" if row.trainable_from else (
+                "all" if row.trainable_layers == "all" else f"last {row.trainable_layers} layers"
+                if row.trainable_layers else "frozen"), "optimizer": row.optimizer,
             "learning rate": f"{row.learning_rate:g}" if row.learning_rate is not None else "grid",
             "epochs": (f"{study.epochs(row)} (paper {row.epochs})" if row.epochs and study.epochs(row) < row.epochs
                        else row.epochs or "grid"),
@@ -191,8 +194,10 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
                   spread: Mapping[str, Mapping[str, Any]] | None = None, metrics: Sequence[str] | None = None,
                   label: str = "") -> pd.DataFrame:
     """The paper's figures beside ours with intervals and seed spread, a figure, notes on every difference,
-    every deviation from the paper with its reason, and the run's provenance."""
-    frame = compare.compare(study.id, ours, metrics=metrics, spread=spread)
+    and one line naming the paper's figures this run has nothing to set beside (e.g. absent magnifications)."""
+    full = compare.compare(study.id, ours, metrics=metrics, spread=spread)
+    frame = full[full["ours"].notna()].reset_index(drop=True)
+    missing = full[full["ours"].isna()]
     shown = pd.DataFrame({
         "row": frame["row"], "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
         "ours [CI]": [ci(o, lo, hi) for o, lo, hi in zip(frame["ours"], frame["ci_low"], frame["ci_high"], strict=True)],
@@ -205,12 +210,16 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours: {level} bootstrap interval "
                       f"over {SIDE_NAMES[study.settings.evaluate_on]} images)"))
     rates = frame[frame["paper"] <= 1]  # counts (layers, parameters) are compared in the table only
-    if rates["ours"].notna().any():
+    if len(rates):
         display(plots.paper_vs_ours(rates))
     prov = study.provenance()
-    note("**Notes on every difference**\n\n" + "\n".join(
-        f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)))
-    return frame
+    lines = [f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)]
+    if len(missing):
+        names = sorted(set(missing["metric"].str.replace("_", " ")))
+        lines.append(f"- Not measured here, so not compared: {', '.join(names)} (for {', '.join(dict.fromkeys(missing['row']))})"
+                     " — this run's data has no images for them.")
+    note("**Notes on every difference**\n\n" + "\n".join(lines))
+    return full
 
 
 def deviations(study: Study) -> pd.DataFrame:
@@ -241,3 +250,38 @@ def provenance(study: Study) -> pd.DataFrame:
     }
     show(table(pd.DataFrame({"fact": list(facts), "value": [str(v) for v in facts.values()]}), "This run"))
     return sizes
+
+
+def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> pd.DataFrame:
+    """Image-level and patient-level accuracy (mean over patients of each patient's accuracy) per `by` value,
+    for every row and protocol, with bootstrap intervals that resample patients."""
+    group = study.params.dataset(study.dataset).group or "patient"
+    e = study.params.evaluation
+    parts = []
+    for (protocol, name), r in results.items():
+        correct = (np.asarray(r.probs) >= r.metrics["threshold"]).astype(int) == study.labels(r.frame)
+        grouped = metrics.grouped_accuracy(r.frame, correct, group=group, by=by if by in r.frame else None,
+                                           seed=study.seed, resamples=e.bootstrap_resamples, confidence=e.confidence)
+        parts.append(grouped.assign(protocol=protocol, model=name))
+    out = pd.concat(parts, ignore_index=True)
+    shown = pd.DataFrame({
+        "protocol": out["protocol"], "model": out["model"], by: out["subset"], "images": out["images"],
+        f"{group}s": out[f"{group}s"],
+        "image-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(out["image_accuracy"], out["image_ci_low"],
+                                                                     out["image_ci_high"], strict=True)],
+        f"{group}-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(out[f"{group}_accuracy"], out[f"{group}_ci_low"],
+                                                                         out[f"{group}_ci_high"], strict=True)],
+    })
+    show(table(shown, f"Image-level and {group}-level accuracy per {by} ({group}-level: the mean over {group}s of each "
+                      f"{group}'s accuracy; intervals resample {group}s)"))
+    return out
+
+
+def prediction_samples(study: Study, result: Any, n: int = 8) -> None:
+    """A grid of evaluation images titled with the prediction: green when right, red with the true class."""
+    positive = study.classes[-1]
+    predicted = np.where(np.asarray(result.probs) >= result.metrics["threshold"], positive, study.classes[0])
+    confidence = np.where(predicted == positive, result.probs, 1 - np.asarray(result.probs))
+    display(plots.prediction_grid([paths.PROJECT_ROOT / p for p in result.frame["path"]], list(predicted),
+                                  list(confidence), truth=list(result.frame["label"]), n=n, seed=study.seed,
+                                  title=f"{result.row.name} ({result.protocol}): {SIDE_NAMES[result.side]} predictions"))

@@ -210,7 +210,9 @@ def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by
     resample groups, not images: images of one patient are not independent.
     """
     data = frame.assign(_correct=np.asarray(correct, dtype=float)).reset_index(drop=True)
-    parts = [("all", data)] + ([(v, d) for v, d in data.groupby(by, sort=True)] if by else [])
+    groups = sorted(data.groupby(by), key=lambda kv: (0, float(kv[0])) if str(kv[0]).replace(".", "").isdigit()
+                    else (1, str(kv[0]))) if by else []
+    parts = [("all", data)] + [(v, d) for v, d in groups]
     rng = np.random.default_rng(seed)
     rows = []
     for value, part in parts:

@@ -364,3 +364,67 @@ def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], proba
         fig.suptitle(title, fontweight="bold")
     return fig
 
+
+
+@_styled
+def validation_curves(histories: Mapping[str, pd.DataFrame], title: str | None = None) -> Figure:
+    """Validation accuracy and loss against epochs, every model on the same pair of axes (kumar2022's Fig. 6)."""
+    fig, axes = _figure(1, 2, size=(5.5, 3.8))
+    for ax, metric in zip(axes.flat, ("val_accuracy", "val_loss"), strict=True):
+        for name, history in histories.items():
+            if metric in history:
+                ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=name)
+        ax.set(title=metric.replace("_", " "), xlabel="epoch", ylabel=metric.removeprefix("val_"))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return fig
+
+
+@_styled
+def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | None = None) -> Figure:
+    """Image-level and group-level accuracy with their intervals per subset (e.g. magnification), one bar pair
+    per row; `table` has columns model, subset, image_accuracy, image_ci_low/high, <group>_accuracy, ..."""
+    models_ = list(dict.fromkeys(table["model"]))
+    subsets = list(dict.fromkeys(table["subset"]))
+    fig, axes = _figure(1, len(models_) or 1, size=(4.2, 3.6), sharey=True)
+    width = 0.38
+    for ax, model in zip(axes.flat, models_, strict=False):
+        part = table[table["model"] == model].set_index("subset").reindex(subsets)
+        x = np.arange(len(subsets))
+        for offset, kind, color in ((-width / 2, "image", "#4C72B0"), (width / 2, group, "#DD8452")):
+            value = part[f"{kind}_accuracy"].astype(float)
+            err = [value - part[f"{kind}_ci_low"].astype(float), part[f"{kind}_ci_high"].astype(float) - value]
+            ax.bar(x + offset, value, width, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3, color=color,
+                   label=f"{kind}-level")
+        ax.set_xticks(x, [str(s) for s in subsets])
+        ax.set(title=model, ylim=(0, 1.05), ylabel="accuracy", xlabel="")
+    axes.flat[0].legend(fontsize=8, loc="lower left")
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return fig
+
+
+@_styled
+def image_rows(rows: Mapping[str, Sequence[np.ndarray]], titles: Sequence[str] | None = None,
+               reference: np.ndarray | None = None, title: str | None = None) -> Figure:
+    """Images in rows (e.g. original / normalized by method A / by method B), one column per image; the
+    reference image, when given, in a first column of its own."""
+    n = max((len(v) for v in rows.values()), default=0)
+    extra = 1 if reference is not None else 0
+    fig, axes = _figure(len(rows) or 1, n + extra, size=(2.6, 2.2))
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (name, images_) in enumerate(rows.items()):
+        if reference is not None and r == 0:
+            axes[r, 0].imshow(_as_uint8(reference))
+            axes[r, 0].set_title("reference", fontsize=9, fontweight="bold")
+        for c, image in enumerate(images_):
+            ax = axes[r, c + extra]
+            ax.imshow(_as_uint8(image))
+            label = f"{name}" + (f" · {titles[c]}" if titles else "")
+            ax.set_title(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return fig

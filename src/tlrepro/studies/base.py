@@ -171,7 +171,7 @@ def init_backbone(row: Row) -> Any:
 def build(study: Study, row: Row, seed: int) -> models.Classifier:
     backbone = init_backbone(row) if row.init_from else None
     classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
-    models.set_trainable(classifier, row.trainable_layers)
+    models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     return classifier
 
 
@@ -185,7 +185,7 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
     if start_from is not None:
         classifier = models.Classifier(start_from.model, start_from.backbone, start_from.preprocessing,
                                        start_from.head, start_from.augmentation, row, study.classes)
-        models.set_trainable(classifier, row.trainable_layers)
+        models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     else:
         classifier = build(study, row, seed)
     train_frame, val_frame = study.part("train", protocol), study.part("val", protocol)

@@ -48,7 +48,10 @@ class ParallelHeads:
     """Heads of dense layers for S seeds x L learning rates, trained together with Adam.
 
     Head (s, l) starts from seed s's initial weights (the same for every learning rate) and trains with
-    learning rate l on seed s's batch order.
+    learning rate l on seed s's batch order. The heads of one seed see the same batches, so their first
+    layers are stored side by side, (S, D, L*H): one wide matrix product per seed instead of L narrow ones.
+    A whole epoch is one XLA-compiled loop; the last, short batch is padded with zero-weight rows, which
+    leaves its gradient equal to the short batch's.
     """
 
     def __init__(self, head: list[HeadLayer], in_dim: int, seeds: list[int], learning_rates: list[float]):
@@ -57,49 +60,73 @@ class ParallelHeads:
                             "first and only dense layers after it (no dropout or batch_norm in grid heads).")
         if head[-1].dense != 1 or head[-1].activation != "sigmoid":
             raise UserError("the grid's heads end in {dense: 1, activation: sigmoid} (binary studies).")
-        self.head, self.seeds, self.rates = head, list(seeds), np.asarray(learning_rates, dtype="float32")
+        self.head, self.seeds = head, list(seeds)
+        self.rates = np.asarray(learning_rates, dtype="float32")
         n_seeds, n_rates = len(seeds), len(learning_rates)
+        self.units = [layer.dense for layer in head]
+        self.activations = [layer.activation for layer in head]
         self.variables: list[tf.Variable] = []
-        self.plan: list[tuple[tf.Variable, tf.Variable, str | None]] = []
         fan_in = in_dim
-        for i, layer in enumerate(head):
-            kernels = np.stack([glorot(np.random.default_rng([seed, i]), fan_in, layer.dense) for seed in seeds])
-            w = tf.Variable(np.repeat(kernels[:, None], n_rates, axis=1), name=f"w{i}")
-            b = tf.Variable(np.zeros((n_seeds, n_rates, layer.dense), "float32"), name=f"b{i}")
-            self.variables += [w, b]
-            self.plan.append((w, b, layer.activation))
-            fan_in = layer.dense
+        for i, units in enumerate(self.units):
+            kernels = np.stack([glorot(np.random.default_rng([seed, i]), fan_in, units) for seed in seeds])
+            if i == 0:  # (S, D, L*H): the L heads of a seed side by side
+                w = np.tile(kernels, (1, 1, n_rates))
+                b = np.zeros((n_seeds, n_rates * units), "float32")
+            else:  # (S, L, H_in, H_out)
+                w = np.repeat(kernels[:, None], n_rates, axis=1)
+                b = np.zeros((n_seeds, n_rates, units), "float32")
+            self.variables += [tf.Variable(w, name=f"w{i}"), tf.Variable(b, name=f"b{i}")]
+            fan_in = units
         self.m = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
         self.v = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
         self.step = tf.Variable(0.0)
         self.active = tf.Variable(np.ones((n_seeds, n_rates), "float32"))  # 0 once a cell stopped early
-        self._train_step = tf.function(self._train_step_impl, reduce_retracing=True)
-        self._forward = tf.function(self.forward, reduce_retracing=True)
+        self._epoch = tf.function(self._epoch_impl, jit_compile=True, reduce_retracing=True)
+        self._forward = tf.function(self.forward, jit_compile=True, reduce_retracing=True)
+
+    @staticmethod
+    def _act(h: tf.Tensor, activation: str | None) -> tf.Tensor:
+        return tf.nn.relu(h) if activation == "relu" else tf.sigmoid(h) if activation == "sigmoid" else h
 
     def forward(self, x: tf.Tensor) -> tf.Tensor:
         """x (S, B, D) -> P(malignant) (S, L, B)."""
-        h = tf.repeat(x[:, None], len(self.rates), axis=1)
-        for w, b, activation in self.plan:
-            h = tf.einsum("slbi,slio->slbo", h, w) + b[:, :, None, :]
-            h = tf.nn.relu(h) if activation == "relu" else tf.sigmoid(h) if activation == "sigmoid" else h
+        n_seeds, n_rates = len(self.seeds), len(self.rates)
+        h = self._act(tf.matmul(x, self.variables[0]) + self.variables[1][:, None, :], self.activations[0])
+        h = tf.transpose(tf.reshape(h, (n_seeds, -1, n_rates, self.units[0])), (0, 2, 1, 3))  # S, L, B, H
+        for i in range(1, len(self.units)):
+            w, b = self.variables[2 * i], self.variables[2 * i + 1]
+            h = self._act(tf.einsum("slbi,slio->slbo", h, w) + b[:, :, None, :], self.activations[i])
         return h[..., 0]
 
-    def _train_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            p = tf.clip_by_value(self.forward(x), 1e-7, 1 - 1e-7)
-            yb = y[:, None, :]
-            losses = -tf.reduce_mean(yb * tf.math.log(p) + (1 - yb) * tf.math.log(1 - p), axis=-1)  # (S, L)
-            total = tf.reduce_sum(losses)  # heads share no weights: each gets its own loss's gradient
-        grads = tape.gradient(total, self.variables)
-        self.step.assign_add(1.0)
+    def _scales(self, alpha: tf.Tensor) -> list[tf.Tensor]:
+        """Per-weight learning-rate factors (from the (S, L) alpha) shaped like each variable."""
+        wide = tf.repeat(alpha, self.units[0], axis=1)  # S, L*H
+        out = [wide[:, None, :], wide]
+        for _ in self.units[1:]:
+            out += [alpha[:, :, None, None], alpha[:, :, None]]
+        return out
+
+    def _epoch_impl(self, x: tf.Tensor, y: tf.Tensor, index: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+        """One epoch: `index`/`weight` (steps, S, B) give each step's rows per seed and their weights."""
         b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
-        alpha = self.rates[None, :] * tf.sqrt(1 - b2 ** self.step) / (1 - b1 ** self.step) * self.active
-        for var, grad, m, v in zip(self.variables, grads, self.m, self.v, strict=True):
-            m.assign_add((grad - m) * (1 - b1))
-            v.assign_add((tf.square(grad) - v) * (1 - b2))
-            scale = alpha[:, :, None, None] if len(var.shape) == 4 else alpha[:, :, None]
-            var.assign_sub(m * scale / (tf.sqrt(v) + eps))
-        return losses
+        rates = tf.constant(self.rates)[None, :]
+        for i in tf.range(tf.shape(index)[0]):
+            xb, yb, wb = tf.gather(x, index[i]), tf.gather(y, index[i]), weight[i]
+            with tf.GradientTape() as tape:
+                p = tf.clip_by_value(self.forward(xb), 1e-7, 1 - 1e-7)
+                per_row = -(yb[:, None] * tf.math.log(p) + (1 - yb[:, None]) * tf.math.log(1 - p))  # S, L, B
+                # each head's mean loss over its real rows; heads share no weights, so the sum's gradient
+                # gives every head its own loss's gradient
+                losses = tf.reduce_sum(per_row * wb[:, None, :], -1) / tf.reduce_sum(wb, -1)[:, None]
+                total = tf.reduce_sum(losses)
+            grads = tape.gradient(total, self.variables)
+            self.step.assign_add(1.0)
+            alpha = rates * tf.sqrt(1 - b2 ** self.step) / (1 - b1 ** self.step) * self.active
+            for var, grad, m, v, scale in zip(self.variables, grads, self.m, self.v, self._scales(alpha), strict=True):
+                m.assign_add((grad - m) * (1 - b1))
+                v.assign_add((tf.square(grad) - v) * (1 - b2))
+                var.assign_sub(m * scale / (tf.sqrt(v) + eps))
+        return self.step
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities of every head on the same rows x (N, D): (S, L, N)."""
@@ -108,12 +135,18 @@ class ParallelHeads:
 
     def weights_of(self, seed_index: int, rate_index: int) -> list[np.ndarray]:
         """Head (s, l)'s weights in Keras Dense order (kernel, bias per dense layer)."""
-        return [v.numpy()[seed_index, rate_index] for v in self.variables]
+        h = self.units[0]
+        first = slice(rate_index * h, (rate_index + 1) * h)
+        out = [self.variables[0].numpy()[seed_index][:, first], self.variables[1].numpy()[seed_index][first]]
+        for v in self.variables[2:]:
+            out.append(v.numpy()[seed_index, rate_index])
+        return out
 
 
 @dataclass
 class GridRun:
-    """Per epoch and head: validation accuracy/loss and the validation and test probabilities."""
+    """Per epoch and head: validation accuracy/loss and the validation and test probabilities (NaN for epochs
+    not recorded: without early stopping only the budgets' epochs are)."""
 
     val_accuracy: np.ndarray  # (E, S, L)
     val_loss: np.ndarray  # (E, S, L)
@@ -128,24 +161,40 @@ def _losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p), axis=-1)
 
 
+def _epoch_batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, S, B) row indices and weights for one epoch of per-seed orders (S, N): the last batch padded."""
+    n_seeds, n = order.shape
+    steps = int(np.ceil(n / batch_size))
+    pad = steps * batch_size - n
+    index = np.concatenate([order, order[:, :pad]], axis=1)
+    weight = np.concatenate([np.ones((n_seeds, n), "float32"), np.zeros((n_seeds, pad), "float32")], axis=1)
+    shape = (n_seeds, steps, batch_size)
+    return index.reshape(shape).transpose(1, 0, 2), weight.reshape(shape).transpose(1, 0, 2)
+
+
 def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                y_val: np.ndarray, x_test: np.ndarray, *, epochs: int, batch_size: int,
-               early_stopping: EarlyStopping | None = None) -> GridRun:
-    """Train every head for `epochs` epochs, recording validation and test probabilities after each."""
+               early_stopping: EarlyStopping | None = None, record: set[int] | None = None) -> GridRun:
+    """Train every head for `epochs` epochs; after the (1-based) epochs in `record` (every epoch when None
+    or with early stopping, which needs them) keep validation and test probabilities."""
     started = time.perf_counter()
     orders = batch_orders(len(y_train), heads.seeds, epochs)
     x_all = tf.convert_to_tensor(x_train)
     y_all = tf.convert_to_tensor(y_train.astype("float32"))
     shape = (len(heads.seeds), len(heads.rates))
+    nan = np.full(shape, np.nan)
     val_acc, val_loss, val_probs, test_probs = [], [], [], []
     best = np.full(shape, np.inf)
     wait = np.zeros(shape, int)
     stopped = np.full(shape, epochs)
     sign = -1.0 if early_stopping and early_stopping.monitor == "val_accuracy" else 1.0
     for epoch in range(epochs):
-        for start in range(0, len(y_train), batch_size):
-            idx = tf.convert_to_tensor(orders[epoch][:, start : start + batch_size])
-            heads._train_step(tf.gather(x_all, idx), tf.gather(y_all, idx))
+        index, weight = _epoch_batches(orders[epoch], batch_size)
+        heads._epoch(x_all, y_all, tf.constant(index), tf.constant(weight))
+        if early_stopping is None and record is not None and epoch + 1 not in record:
+            val_acc.append(nan), val_loss.append(nan)
+            val_probs.append(np.full((*shape, len(y_val)), np.nan)), test_probs.append(np.full((*shape, len(x_test)), np.nan))
+            continue
         pv = heads.predict(x_val)
         acc = ((pv >= 0.5) == (y_val >= 0.5)).mean(axis=-1)
         loss = _losses(y_val.astype("float64"), pv)
@@ -216,7 +265,8 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
     head_layers = [layer for layer in row.head if layer.pool is None]
     heads = ParallelHeads(head_layers, feats["train"].shape[1], seeds, grid.learning_rates)
     run = train_grid(heads, feats["train"], y["train"], feats["val"], y["val"], feats["test"],
-                     epochs=max(budgets), batch_size=row.batch_size, early_stopping=row.early_stopping)
+                     epochs=max(budgets), batch_size=row.batch_size, early_stopping=row.early_stopping,
+                     record=set(budgets))
 
     records = []
     for budget in budgets:
@@ -258,7 +308,7 @@ def rebuild(study: Study, row: Row, classifier: models.Classifier, frozen: fc.Fr
     initial weights and batch order, so the same weights), then set into the classifier."""
     single = ParallelHeads(head, feats["train"].shape[1], [seed], [lr])
     train_grid(single, feats["train"], y["train"], feats["val"][:1], y["val"][:1], feats["test"][:1],
-               epochs=epochs, batch_size=row.batch_size)
+               epochs=epochs, batch_size=row.batch_size, record=set())
     dense = [layer for layer in frozen.trainer.layers if isinstance(layer, keras.layers.Dense)]
     values = single.weights_of(0, 0)
     for layer, (kernel, bias) in zip(dense, zip(values[::2], values[1::2], strict=True), strict=True):

@@ -43,7 +43,7 @@ def pretrain(key: str) -> Path:
     train, val = split[split["side"] == "train"], split[split["side"] == "val"]
     training.seed_everything(params.seed)
     classifier = models.build_classifier(row, classes=classes, seed=params.seed)
-    models.set_trainable(classifier, row.trainable_layers)
+    models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     started = time.perf_counter()
     result = training.train(classifier, train, val, train_labels=lab.encode(train["label"], classes),
                             val_labels=lab.encode(val["label"], classes), epochs=params.epochs(row), seed=params.seed,

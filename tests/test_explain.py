@@ -1,0 +1,147 @@
+"""Grad-CAM (tlrepro.modeling.explain): heatmaps shaped like the image and in [0, 1] for several backbones, a
+model whose decision depends on one colour puts its heatmap where that colour is, overlays are RGB images of
+the image's size, and write_overlays writes one PNG per image atomically (no temporary files left)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from PIL import Image
+
+from tlrepro.core.config import RowSettings, resolve_row
+from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.modeling import cards, models
+from tlrepro.modeling.explain import gradcam, last_conv_layer, overlay, overlay_png, write_overlays
+from tlrepro.modeling.predict import Predictor, predict_folder
+
+SIZE = 32
+SE = {"reduction": 16, "dense_layers": True, "transitions": True}
+
+
+def tiny_classifier(backbone: str, se: dict | None = None) -> models.Classifier:
+    settings = {"backbone": backbone, "weights": "random", "image_size": SIZE, "batch_size": 4,
+                "learning_rate": 1e-3, "epochs": 1, "head": [{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]}
+    row = resolve_row("tiny", RowSettings(), RowSettings(**settings, **({"se": se} if se else {})))
+    return models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
+
+
+def red_detector() -> keras.Model:
+    """image -> preprocessing -> backbone (8x8 maps of red and of green) -> head (P(malignant) from red only).
+
+    Shaped like build_classifier's models (parts_of finds its parts), so its decision depends on where the
+    image is red and nowhere else: Grad-CAM must light up the red patch, not the green one."""
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    inner = keras.Input((SIZE, SIZE, 3))
+    channels = layers.Conv2D(2, 1, activation="relu", name="colours")
+    pooled = layers.AveragePooling2D(4, name="pool")(channels(inner))
+    backbone = keras.Model(inner, pooled, name="colournet")
+    head = keras.Sequential([layers.GlobalAveragePooling2D(), layers.Dense(1, activation="sigmoid")], name="head")
+    out = head(backbone(models.ImageNetPreprocessing("unit", name="preprocessing")(image)))
+    model = keras.Model(image, out, name="red_detector")
+    channels.set_weights([np.array([[[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]], dtype="float32"), np.zeros(2, "float32")])
+    head.layers[-1].set_weights([np.array([[8.0], [0.0]], dtype="float32"), np.zeros(1, "float32")])
+    return model
+
+
+def patches(red_at: tuple[int, int], green_at: tuple[int, int]) -> np.ndarray:
+    """A dark 32x32 image with an 8x8 red square and an 8x8 green square at the given corners."""
+    image = np.full((SIZE, SIZE, 3), 20, dtype=np.uint8)
+    (ry, rx), (gy, gx) = red_at, green_at
+    image[ry : ry + 8, rx : rx + 8] = (230, 20, 20)
+    image[gy : gy + 8, gx : gx + 8] = (20, 230, 20)
+    return image
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.random((3, SIZE, SIZE, 3)) * 255).astype("float32")
+
+
+@pytest.mark.parametrize(("backbone", "se"), [("MobileNetV2", None), ("VGG16", None), ("DenseNet121", SE)],
+                         ids=["MobileNetV2", "VGG16", "DenseNet121-SE"])
+def test_heatmaps_have_the_image_shape_and_values_in_0_1(backbone, se, images):
+    clf = tiny_classifier(backbone, se)
+    assert len(last_conv_layer(clf.backbone).output.shape) == 4
+    for class_index in (None, 0, 1):
+        heat = gradcam(clf.model, images, class_index)
+        assert heat.shape == images.shape[:3] and heat.dtype == np.float32
+        assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+    if backbone == "VGG16":  # an earlier block (8x8 at 32 px) gives a map that varies over the image
+        heat = gradcam(clf.model, images, 1, layer="block3_conv3")
+        assert heat.shape == images.shape[:3] and heat.min() >= 0.0 and heat.max() <= 1.0
+        assert all(h.std() > 0 for h in heat)
+    if se:
+        assert any("se" in layer.name for layer in clf.backbone.layers)
+
+
+def test_the_heatmap_is_where_the_deciding_signal_is():
+    model = red_detector()
+    first, second = patches((0, 0), (24, 24)), patches((24, 24), (0, 0))
+    heat = gradcam(model, np.stack([first, second]).astype("float32"))
+    assert heat.shape == (2, SIZE, SIZE) and heat.std(axis=(1, 2)).min() > 0.1
+    for h, (ry, rx), (gy, gx) in ((heat[0], (0, 0), (24, 24)), (heat[1], (24, 24), (0, 0))):
+        red, green = h[ry : ry + 8, rx : rx + 8].mean(), h[gy : gy + 8, gx : gx + 8].mean()
+        assert red > 0.6 and green < 0.1, (red, green)
+        assert np.unravel_index(h.argmax(), h.shape)[0] in range(ry, ry + 8)
+    assert not np.allclose(heat[0], heat[1])  # the map moves with the signal
+    # The model always says malignant (P >= 0.5); explaining "benign" finds no evidence for it anywhere.
+    assert float(model(first[None].astype("float32"))[0, 0]) >= 0.5
+    np.testing.assert_array_equal(gradcam(model, first[None].astype("float32"), class_index=0), 0.0)
+
+
+def test_overlays_are_rgb_images_of_the_image_size():
+    rgb = (np.random.default_rng(1).random((40, 50, 3)) * 255).astype(np.uint8)
+    heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    out = overlay(rgb, heat)
+    assert out.shape == (40, 50, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out, rgb)
+    np.testing.assert_array_equal(overlay(rgb, heat, alpha=0.0), rgb)
+    png = Image.open(io.BytesIO(overlay_png(rgb, heat, colormap="turbo")))
+    assert png.format == "PNG" and png.mode == "RGB" and png.size == (50, 40)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(rgb, heat, alpha=2.0)
+
+
+@pytest.fixture(scope="module")
+def saved_detector(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "demo" / "red.keras"
+    card = {"name": "demo/red", "study": "demo", "row": "red", "image_size": SIZE, "classes": list(BINARY_CLASSES),
+            "threshold": 0.5, "training_phashes": []}
+    cards.save(red_detector(), path, card)
+    return path
+
+
+def test_write_overlays_writes_one_png_per_image_and_no_temporary_files(saved_detector, tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(patches((0, 0), (24, 24))).save(folder / "a.png")
+    Image.fromarray(patches((24, 24), (0, 0))).save(folder / "b.jpg", quality=95)
+    Image.fromarray(patches((8, 8), (16, 16))).resize((48, 48)).save(folder / "sub" / "a.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    predictor = Predictor.load(saved_detector)
+    out = tmp_path / "overlays"
+    written = write_overlays(predictor, [folder / "a.png", folder / "b.jpg", folder / "sub" / "a.jpg",
+                                         folder / "broken.png"], out)
+    assert [p.name for p in written] == ["a_gradcam.png", "b_gradcam.png", "a_jpg_gradcam.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
+    for path in written:
+        image = Image.open(path)
+        assert image.format == "PNG" and image.mode == "RGB" and image.size == (SIZE, SIZE)
+    hot = np.asarray(Image.open(out / "a_gradcam.png")).astype(int)
+    assert hot[:8, :8, 0].mean() > hot[24:, 24:, 0].mean()  # jet red over the red patch
+
+
+def test_predict_explain_writes_overlays_beside_the_table(saved_detector, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(patches((8 * i, 0), (24, 24))).save(folder / f"img{i}.png")
+    _, table, _ = predict_folder(saved_detector, folder, out=tmp_path / "pred.csv", progress=False, explain=True)
+    assert len(table) == 3
+    assert sorted(p.name for p in (tmp_path / "pred_gradcam").iterdir()) == [f"img{i}_gradcam.png" for i in range(3)]
