@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-STUDIES = ("lin2024", "mobilenet2025")
+STUDIES = ("lin2024", "mobilenet2025", "sarker2025")
 SLUGS = {"skin": ("fanconic/skin-cancer-malignant-vs-benign", ("benign", "malignant")),
          "melanoma": ("bhaveshmittal/melanoma-cancer-dataset", ("Benign", "Malignant"))}
 
@@ -54,6 +54,7 @@ def make_project(root: Path) -> None:
     lin["defaults"].update(image_size=32, weights="random")
     lin["rows"] = {"MobileNetV2": {"backbone": "MobileNetV2"}, "VGG16": {"backbone": "VGG16"}}
     params["studies"]["mobilenet2025"]["defaults"].update(image_size=32, weights="random", batch_size=8)
+    params["studies"]["sarker2025"]["defaults"].update(image_size=32, weights="random")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for folder in ("src", "notebooks", "models"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.keras",
@@ -80,9 +81,10 @@ def test_studies_run_end_to_end_and_reproduce(tmp_path):
     dvc("init", "--no-scm")
     dvc("repro", "report")
 
-    for study, rows in (("mobilenet2025", {"frozen", "finetune", "augmented"}), ("lin2024", {"MobileNetV2", "VGG16"})):
+    for study, rows in (("mobilenet2025", {"frozen", "finetune", "augmented"}), ("lin2024", {"MobileNetV2", "VGG16"}),
+                        ("sarker2025", {"MobileNetV2"})):
         metrics = json.loads((root / f"reports/metrics/{study}.json").read_text())
-        assert set(metrics["results"]) == rows and metrics["random_init"], "random weights must be declared"
+        assert set(metrics["results"]) - {"prediction_folder"} == rows and metrics["random_init"], "random weights declared"
         for figures in metrics["results"].values():
             assert set(figures) <= {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1", "roc_auc",
                                     "accuracy_seed_sd"}  # headline figures only: `dvc metrics show` stays readable
@@ -101,7 +103,9 @@ def test_studies_run_end_to_end_and_reproduce(tmp_path):
     assert {p.name for p in (root / "reports/plots/mobilenet2025/history").iterdir()} == {
         "frozen.csv", "finetune.csv", "augmented.csv"}
     index = (root / "reports/index.html").read_text()
-    assert "lin2024.html" in index and "mobilenet2025.html" in index and "Datasets overlap" in index
+    assert all(f"{s}.html" in index for s in STUDIES) and "Datasets overlap" in index
+    sarker = (root / "reports/sarker2025.html").read_text()
+    assert "The prediction folder" in sarker and "158" in sarker and "2,264,385" in sarker
 
     # a saved model, loaded with safe_mode from its card, gives the figures its card states
     check = subprocess.run([sys.executable, "-c", CHECK_MODEL], cwd=root, env=env, capture_output=True, text=True,

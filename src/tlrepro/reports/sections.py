@@ -285,3 +285,32 @@ def prediction_samples(study: Study, result: Any, n: int = 8) -> None:
     display(plots.prediction_grid([paths.PROJECT_ROOT / p for p in result.frame["path"]], list(predicted),
                                   list(confidence), truth=list(result.frame["label"]), n=n, seed=study.seed,
                                   title=f"{result.row.name} ({result.protocol}): {SIDE_NAMES[result.side]} predictions"))
+
+
+def gradcam_panel(study: Study, result: Any, n: int = 4) -> None:
+    """Grad-CAM of the predicted class on the backbone's last conv block for up to `n` correctly and `n`
+    wrongly classified evaluation images (seeded pick): where the model looked, right and wrong."""
+    from tlrepro.data.tfdata import load_resized
+    from tlrepro.modeling.explain import gradcam, overlay
+
+    labels = study.labels(result.frame)
+    predicted = (np.asarray(result.probs) >= result.metrics["threshold"]).astype(int)
+    rng = np.random.default_rng(study.seed)
+    picks = {kind: rng.permutation(np.flatnonzero(mask))[:n]
+             for kind, mask in (("right", predicted == labels), ("wrong", predicted != labels))}
+    shown = 0
+    for kind, index in picks.items():
+        if not len(index):
+            continue
+        frame = result.frame.iloc[index]
+        views = frame["view"] if "view" in frame else pd.Series("identity", index=frame.index)
+        images = np.stack([load_resized(p, result.row.image_size, v or "identity")
+                           for p, v in zip(frame["path"], views, strict=True)])
+        heat = gradcam(result.classifier.model, images.astype("float32"), threshold=result.metrics["threshold"])
+        titles = [f"{study.classes[p]} (true {lab})" for p, lab in zip(predicted[index], frame["label"], strict=True)]
+        display(plots.image_rows({kind: [overlay(img, h) for img, h in zip(images, heat, strict=True)]},
+                                 titles=titles,
+                                 title=f"{result.row.name} ({result.protocol}): Grad-CAM of the prediction, {kind}"))
+        shown += len(index)
+    if not shown:
+        note("No evaluation images to explain.")
