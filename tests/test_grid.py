@@ -82,3 +82,21 @@ def test_early_stopping_reads_validation_at_the_restored_epoch():
 def test_grid_heads_reject_layers_it_cannot_stack():
     with pytest.raises(UserError, match="dense layers"):
         grid.ParallelHeads([HeadLayer(dropout=0.2), *HEAD], 5, [0], [1e-3])
+
+
+def test_kept_weights_equal_a_replay_of_the_one_head():
+    """The chosen cell's model comes from the weights kept at its epoch; training that head alone again (the
+    fallback with early stopping) gives the same weights."""
+    x, y = data(30)
+    x_val, y_val = data(9, seed=2)
+    heads = grid.ParallelHeads(HEAD, x.shape[1], [7, 8], [1e-3, 1e-2])
+    run = grid.train_grid(heads, x, y, x_val, y_val, x_val, epochs=4, batch_size=8, record={2, 4})
+    assert set(run.snapshots) == {2, 4}
+    feats, labels = {"train": x, "val": x_val, "test": x_val}, {"train": y, "val": y_val}
+    row = type("Row", (), {"batch_size": 8})()
+    for epoch in (2, 4):
+        kept = heads.weights_of(1, 1, run.snapshots[epoch])
+        again = grid.replay(row, HEAD, feats, labels, seed=8, lr=1e-2, epochs=epoch)
+        for a, b in zip(kept, again, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.isnan(run.val_accuracy[0]).all() and not np.isnan(run.val_accuracy[1]).any()  # only budgets recorded

@@ -97,7 +97,8 @@ def forest_plot(sections: list[dict[str, Any]]) -> str:
     """Every headline figure, paper beside ours with its interval and seed spread: a PNG as a data URI."""
     from tlrepro.results import plots
 
-    frames = [s["frame"].assign(study=s["id"]) for s in sections if s.get("ran") and len(s.get("frame", []))]
+    frames = [s["frame"].assign(study=s["id"], random_init=s["frame"]["row"].isin(s["random_init"]))
+              for s in sections if s.get("ran") and len(s.get("frame", []))]
     if not frames:
         return ""
     fig = plots.forest(pd.concat(frames, ignore_index=True))

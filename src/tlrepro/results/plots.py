@@ -305,11 +305,13 @@ def forest(frame: pd.DataFrame) -> Figure:
     """Every headline rate (0-1) of every study: the paper's figure (diamond) beside ours (dot) with our
     interval (thin bar) and the spread over training seeds (thick bar, mean ± sd), one line per figure.
 
-    `frame` is tlrepro.results.compare.compare output with a `study` column.
+    `frame` is tlrepro.results.compare.compare output with a `study` column (and `random_init`, flagging rows
+    trained without ImageNet weights, whose labels then say so).
     """
     rates = frame[(frame["paper"] <= 1) & ~frame["metric"].str.contains("loss")].reset_index(drop=True)
-    labels = [f"{s} · {r} · {m.replace('_', ' ')}" for s, r, m in zip(rates["study"], rates["row"], rates["metric"],
-                                                                         strict=True)]
+    randoms = rates["random_init"] if "random_init" in rates else pd.Series(False, index=rates.index)
+    labels = [f"{s} · {r}{' (random init)' if rnd else ''} · {m.replace('_', ' ')}"
+              for s, r, m, rnd in zip(rates["study"], rates["row"], rates["metric"], randoms, strict=True)]
     fig, axes = _figure(size=(9, 0.28 * max(len(rates), 4) + 1.2))
     ax = axes[0, 0]
     y = np.arange(len(rates))

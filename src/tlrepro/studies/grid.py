@@ -133,13 +133,14 @@ class ParallelHeads:
         stacked = tf.repeat(tf.convert_to_tensor(x[None]), len(self.seeds), axis=0)
         return self._forward(stacked).numpy().astype("float64")
 
-    def weights_of(self, seed_index: int, rate_index: int) -> list[np.ndarray]:
-        """Head (s, l)'s weights in Keras Dense order (kernel, bias per dense layer)."""
+    def weights_of(self, seed_index: int, rate_index: int, values: list[np.ndarray] | None = None
+                   ) -> list[np.ndarray]:
+        """Head (s, l)'s weights in Keras Dense order (kernel, bias per dense layer), now or in a snapshot."""
+        values = values if values is not None else [v.numpy() for v in self.variables]
         h = self.units[0]
         first = slice(rate_index * h, (rate_index + 1) * h)
-        out = [self.variables[0].numpy()[seed_index][:, first], self.variables[1].numpy()[seed_index][first]]
-        for v in self.variables[2:]:
-            out.append(v.numpy()[seed_index, rate_index])
+        out = [values[0][seed_index][:, first], values[1][seed_index][first]]
+        out += [v[seed_index, rate_index] for v in values[2:]]
         return out
 
 
@@ -154,6 +155,7 @@ class GridRun:
     test_probs: np.ndarray  # (E, S, L, Ntest)
     stopped: np.ndarray  # (S, L) epochs run per head (1-based)
     seconds: float
+    snapshots: dict[int, list[np.ndarray]] = field(default_factory=dict)  # recorded epoch -> the heads' weights
 
 
 def _losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -176,7 +178,8 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
                y_val: np.ndarray, x_test: np.ndarray, *, epochs: int, batch_size: int,
                early_stopping: EarlyStopping | None = None, record: set[int] | None = None) -> GridRun:
     """Train every head for `epochs` epochs; after the (1-based) epochs in `record` (every epoch when None
-    or with early stopping, which needs them) keep validation and test probabilities."""
+    or with early stopping, which needs them) keep validation and test probabilities, and (without early
+    stopping) the heads' weights, so the chosen cell's model needs no second training."""
     started = time.perf_counter()
     orders = batch_orders(len(y_train), heads.seeds, epochs)
     x_all = tf.convert_to_tensor(x_train)
@@ -188,6 +191,7 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
     wait = np.zeros(shape, int)
     stopped = np.full(shape, epochs)
     sign = -1.0 if early_stopping and early_stopping.monitor == "val_accuracy" else 1.0
+    snapshots: dict[int, list[np.ndarray]] = {}
     for epoch in range(epochs):
         index, weight = _epoch_batches(orders[epoch], batch_size)
         heads._epoch(x_all, y_all, tf.constant(index), tf.constant(weight))
@@ -199,6 +203,8 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
         acc = ((pv >= 0.5) == (y_val >= 0.5)).mean(axis=-1)
         loss = _losses(y_val.astype("float64"), pv)
         val_acc.append(acc), val_loss.append(loss), val_probs.append(pv), test_probs.append(heads.predict(x_test))
+        if early_stopping is None and record is not None:
+            snapshots[epoch + 1] = [v.numpy() for v in heads.variables]
         if early_stopping is not None:
             value = sign * (acc if early_stopping.monitor == "val_accuracy" else loss)
             running = stopped == epochs
@@ -209,7 +215,7 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
             stopped = np.where(stop_now, epoch + 1, stopped)
             heads.active.assign(np.where(stopped == epochs, 1.0, 0.0).astype("float32"))
     return GridRun(np.stack(val_acc), np.stack(val_loss), np.stack(val_probs), np.stack(test_probs), stopped,
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, snapshots)
 
 
 def evaluated_epoch(run: GridRun, budget: int, early_stopping: EarlyStopping | None) -> np.ndarray:
@@ -296,24 +302,25 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
     result = BackboneGrid(row, cells, best, study.evaluate(parts["test"], test_probs), seed_test,
                           run.val_probs[primary_epoch, 0, lr_index], test_probs, feature_seconds, run.seconds,
                           clean_metrics=study.evaluate_clean(parts["test"], test_probs))
-    result.classifier = rebuild(study, row, classifier, frozen, heads.head, feats, y, seeds[0], lr_index,
-                                float(top["learning_rate"]), primary_epoch + 1)
+    if primary_epoch + 1 in run.snapshots:  # the weights were kept at that epoch: set them
+        weights = heads.weights_of(0, lr_index, run.snapshots[primary_epoch + 1])
+    else:  # early stopping chose the epoch: replay that one head
+        weights = replay(row, heads.head, feats, y, seeds[0], float(top["learning_rate"]), primary_epoch + 1)
+    dense = [layer for layer in frozen.trainer.layers if isinstance(layer, keras.layers.Dense)]
+    for layer, kernel, bias in zip(dense, weights[::2], weights[1::2], strict=True):
+        layer.set_weights([kernel, bias])
+    result.classifier = classifier
     return result
 
 
-def rebuild(study: Study, row: Row, classifier: models.Classifier, frozen: fc.FrozenSplit, head: list[HeadLayer],
-            feats: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int, lr_index: int, lr: float,
-            epochs: int) -> models.Classifier:
-    """The chosen cell's full model (backbone + head): its head replayed alone for `epochs` epochs (the same
-    initial weights and batch order, so the same weights), then set into the classifier."""
+def replay(row: Row, head: list[HeadLayer], feats: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int,
+           lr: float, epochs: int) -> list[np.ndarray]:
+    """One head trained alone for `epochs` epochs: the same initial weights and batch order as in the grid,
+    so the same weights."""
     single = ParallelHeads(head, feats["train"].shape[1], [seed], [lr])
     train_grid(single, feats["train"], y["train"], feats["val"][:1], y["val"][:1], feats["test"][:1],
                epochs=epochs, batch_size=row.batch_size, record=set())
-    dense = [layer for layer in frozen.trainer.layers if isinstance(layer, keras.layers.Dense)]
-    values = single.weights_of(0, 0)
-    for layer, (kernel, bias) in zip(dense, zip(values[::2], values[1::2], strict=True), strict=True):
-        layer.set_weights([kernel, bias])
-    return classifier
+    return single.weights_of(0, 0)
 
 
 def run(study: Study, *, save: bool = True) -> dict[str, BackboneGrid]:
