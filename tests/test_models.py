@@ -139,3 +139,19 @@ def test_every_augmentation_layer_saves_and_loads_in_safe_mode(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), clf.model.predict(x, verbose=0), atol=1e-6)
     assert [type(layer).__name__ for layer in loaded.get_layer("augmentation").layers] == [
         "RandomBrightness", "RandomFlip", "RandomRotation", "RandomShear", "RandomZoom", "RandomTranslation"]
+
+
+def test_in_model_augmentation_acts_in_training_only():
+    """kumar2022's layers inside the model: random in training, absent at inference (the model is then the
+    same function as without them)."""
+    augmented = build(augmentation={"brightness": 0.2, "flip": "horizontal_and_vertical", "rotation": 0.2})
+    plain = models.build_classifier(row(), classes=BINARY_CLASSES, seed=1)  # same seed: same backbone and head
+    x = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    infer = keras.ops.convert_to_numpy(augmented.model(x, training=False))
+    np.testing.assert_allclose(infer, keras.ops.convert_to_numpy(augmented.model(x, training=False)), atol=0)
+    np.testing.assert_allclose(infer, keras.ops.convert_to_numpy(plain.model(x, training=False)), atol=1e-6)
+    aug = augmented.augmentation
+    assert [type(layer).__name__ for layer in aug.layers] == ["RandomBrightness", "RandomFlip", "RandomRotation"]
+    seen = keras.ops.convert_to_numpy(aug(x, training=True))
+    assert not np.allclose(seen, x), "in training the images are changed"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from tlrepro.core import config, io, paths
 from tlrepro.core.config import Row
+from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.leakage import with_hashes
@@ -197,8 +198,16 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
     train_probs, _ = training.predict(classifier, train_frame)
     # the evaluation runs the whole model on images: the prediction time is end to end
     probs, seconds = training.predict(classifier, frame, use_cache=False)
+    check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}, seed {seed}")
     return RowResult(row, protocol, seed, classifier, result, side, frame, probs, study.evaluate(frame, probs),
                      study.evaluate_clean(frame, probs), study.evaluate(train_frame, train_probs), seconds)
+
+
+def check_finite(probs: np.ndarray, where: str, context: str) -> None:
+    """A diverged training (NaN or infinite outputs) is an error, not a row of degenerate figures."""
+    if not np.isfinite(np.asarray(probs)).all():
+        raise UserError(f"params.yaml `{where}` diverged ({context}): its predictions are not finite; lower its "
+                        f"`learning_rate` (or change the optimizer). Previous results were kept.")
 
 
 @dataclass

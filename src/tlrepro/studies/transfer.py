@@ -19,6 +19,7 @@ from tlrepro.data.index import read_index
 from tlrepro.data.splits import cap_per_class, split_protocol
 from tlrepro.modeling import cards, models, training
 from tlrepro.results import metrics
+from tlrepro.studies.base import check_finite
 
 
 def pretrain(key: str) -> Path:
@@ -49,6 +50,7 @@ def pretrain(key: str) -> Path:
                             val_labels=lab.encode(val["label"], classes), epochs=params.epochs(row), seed=params.seed,
                             name=key)
     probs, _ = training.predict(classifier, val, use_cache=False)
+    check_finite(probs, f"pretraining.{key}.model", "validation")
     e = params.evaluation
     figures = (metrics.multiclass_accuracy(lab.encode(val["label"], classes), probs, seed=params.seed,
                                            resamples=e.bootstrap_resamples, confidence=e.confidence)
