@@ -43,3 +43,23 @@ def setup_notebook(quiet_keras: bool = True) -> Path:
         keras.config.disable_interactive_logging()
         tf.get_logger().setLevel(logging.ERROR)  # TF resets its logger on import: retracing notes etc.
     return paths.PROJECT_ROOT
+
+
+def open_study(study: str, params_file: str = "params.yaml"):
+    """The opening of every study notebook: setup, then the study's settings, its data and its leakage audit.
+
+    In Colab the setup cell has cloned the project into ./tlrepro (and pip-installed it, so the package
+    itself no longer lives in the clone): the clone is the project root.
+    """
+    clone = Path("tlrepro")
+    if in_colab() and (clone / "params.yaml").is_file():
+        paths.set_root(clone.resolve())
+    setup_notebook()
+    from tlrepro.reports import sections
+    from tlrepro.studies import base
+
+    run = base.load_study(study, params_file)
+    sections.header(run)
+    sections.data(run)
+    sections.leakage(run)
+    return run

@@ -143,6 +143,22 @@ def data(study: Study, sample: int = 12) -> pd.DataFrame:
     return counts
 
 
+def augmentation_preview(study: Study, views: int = 8) -> None:
+    """Every augmented row's layers applied `views` times to one training image (training mode)."""
+    from tlrepro.data.tfdata import load_resized
+    from tlrepro.modeling.models import build_augmentation
+
+    original_path = study.part("train")["path"].iloc[0]
+    for row in [r for r in study.rows if r.augmentation]:
+        augment = build_augmentation(row.augmentation, seed=study.seed)
+        original = load_resized(original_path, row.image_size)
+        batch = original[None].astype("float32")
+        if len(study.rows) > 1:
+            note(f"**{row.name}**")
+        display(plots.augmentation_preview(original, [np.asarray(augment(batch, training=True)[0])
+                                                      for _ in range(views)]))
+
+
 def leakage(study: Study) -> pd.DataFrame:
     """The audit of every protocol: duplicates, near duplicates, rotated/flipped copies and shared groups
     across sides, and how many evaluation images match a training image."""
