@@ -1,6 +1,6 @@
 """Which rows need `weights: random` where ImageNet weights cannot be fetched (no internet).
 
-`tlrepro offline-flags` prints `-S <key>=random` for every row of every study (and pretraining entry)
+`tlrepro offline-flags` prints `-S ++<key>=random` for every row of every study (and pretraining entry)
 whose backbone has no file in $IMAGENET_WEIGHTS_DIR, so an offline run is one explicit command:
 
     dvc exp run $(tlrepro offline-flags)
@@ -38,4 +38,5 @@ def offline_flags() -> str:
     if not folder:
         raise UserError("IMAGENET_WEIGHTS_DIR is not set: offline, point it at a folder of Keras weight files "
                         "(e.g. ../shared/keras-weights); online, no flags are needed.")
-    return " ".join(f"-S {key}=random" for key in missing_weights(config.load_params(), Path(folder)))
+    # `++` (add or override): a row usually inherits `weights` from the study's defaults, so the key is absent
+    return " ".join(f"-S ++{key}=random" for key in missing_weights(config.load_params(), Path(folder)))
