@@ -138,3 +138,25 @@ def test_bad_metrics_json_names_file(tmp_project):
     io.write_text(paths.metrics_json("kumar2022"), json.dumps({"study": "kumar2022"}))
     with pytest.raises(UserError, match="results"):
         report.write_index()
+
+
+def test_index_uses_the_reports_own_comparison_per_protocol():
+    """wang2024's figures per magnification are not headline metrics: the index takes the comparison the report
+    stored for the primary protocol, sets measured figures beside the paper's, and names the unmeasured ones once."""
+    measured = {"row": "DenseNet", "metric": "image_accuracy_100x", "paper": 0.775, "ours": 0.6, "ci_low": 0.35,
+                "ci_high": 0.8, "difference": -0.175, "paper_within_ci": True, "seed_mean": None, "seed_std": None,
+                "seeds": None}
+    absent = {**measured, "metric": "image_accuracy_40x", "paper": 0.725, "ours": None, "ci_low": None,
+              "ci_high": None, "difference": None, "paper_within_ci": None}
+    other = {**measured, "ours": 0.99}
+    details = {"provenance": {"primary_protocol": "honest", "dataset": "breakhis_stain", "random_init": []},
+               "comparison": {"paper": [other], "honest": [measured, absent]}}
+    metrics = {"study": "wang2024", "dataset": "breakhis_stain", "random_init": [],
+               "results": {"honest/DenseNet": {"accuracy": 0.6}}}
+    section = report.section("wang2024", metrics, details)
+    assert [(line["metric"], line["ours"]) for line in section["lines"]] == [
+        ("image accuracy 100x", "0.600 [0.350, 0.800]")]
+    assert len(section["frame"]) == 1
+    assert [n for n in section["notes"] if n.startswith("Not measured here")] == [
+        "Not measured here, so not compared: image accuracy 40x (for DenseNet) — this run's data has no images "
+        "for them."]

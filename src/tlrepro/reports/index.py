@@ -51,8 +51,15 @@ def _ci(value: Any, low: Any, high: Any) -> str:
 
 
 def comparison_rows(study: str, metrics: dict[str, Any], details: dict[str, Any]) -> pd.DataFrame:
-    """The paper vs ours frame for a study: ours per paper row under the primary protocol, with seed spreads."""
+    """The paper vs ours frame for a study under its primary protocol, with seed spreads: the comparison the
+    study's report made (its details file keeps it, e.g. per-magnification figures that are not headline
+    metrics), else one computed from the headline metrics."""
     primary = details.get("provenance", {}).get("primary_protocol")
+    stored = details.get("comparison")
+    if isinstance(stored, dict):  # one comparison per protocol
+        stored = stored.get(primary)
+    if stored:
+        return pd.DataFrame(stored)
     results = details.get("results", {})
     ours, spread = {}, {}
     for key, figures in metrics["results"].items():
@@ -73,7 +80,9 @@ def section(study: str, metrics: dict[str, Any] | None, details: dict[str, Any] 
     details = details or {}
     prov = details.get("provenance", {"dataset": metrics.get("dataset"), "paper_dataset": paper.get("dataset"),
                                       "random_init": metrics.get("random_init", [])})
-    frame = comparison_rows(study, metrics, details)
+    full = comparison_rows(study, metrics, details)
+    frame = full[full["ours"].notna()].reset_index(drop=True)
+    missing = full[full["ours"].isna()]
     confidence = config.load_params().evaluation.confidence
     out.update(
         dataset=metrics.get("dataset"), dataset_info=compare.datasets().get(prov.get("source_dataset", metrics.get("dataset")), {}),
@@ -83,7 +92,7 @@ def section(study: str, metrics: dict[str, Any] | None, details: dict[str, Any] 
                 "ours": _ci(r.ours, r.ci_low, r.ci_high), "difference": "—" if pd.isna(r.difference) else f"{r.difference:+.4f}",
                 "seeds": "—" if pd.isna(r.seed_std) else f"{r.seed_mean:.3f} ± {r.seed_std:.3f} (n={int(r.seeds)})"}
                for r in frame.itertuples()],
-        notes=compare.difference_notes(frame, prov, confidence), frame=frame,
+        notes=compare.difference_notes(frame, prov, confidence) + compare.unmeasured_notes(missing), frame=frame,
         ours_only=[{"key": k, **{m: _ci(v.get(m), v.get(f"{m}_ci_low"), v.get(f"{m}_ci_high")) for m in ("accuracy",)},
                     "f1": _fmt(v.get("f1")), "roc_auc": _fmt(v.get("roc_auc"))}
                    for k, v in metrics["results"].items()],
@@ -99,6 +108,8 @@ def forest_plot(sections: list[dict[str, Any]]) -> str:
 
     frames = [s["frame"].assign(study=s["id"], random_init=s["frame"]["row"].isin(s["random_init"]))
               for s in sections if s.get("ran") and len(s.get("frame", []))]
+    # rates only: losses and counts (layers, parameters) are compared in the tables
+    frames = [f[(f["paper"] <= 1) & ~f["metric"].str.contains("loss")] for f in frames]
     if not frames:
         return ""
     fig = plots.forest(pd.concat(frames, ignore_index=True))

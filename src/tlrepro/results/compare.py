@@ -136,6 +136,15 @@ def difference_notes(frame: pd.DataFrame, provenance: Mapping[str, Any], confide
     return notes
 
 
+def unmeasured_notes(missing: pd.DataFrame) -> list[str]:
+    """One sentence naming the paper's figures this run has nothing to set beside (e.g. absent magnifications)."""
+    if not len(missing):
+        return []
+    names = sorted(set(missing["metric"].str.replace("_", " ")))
+    return [f"Not measured here, so not compared: {', '.join(names)} (for {', '.join(dict.fromkeys(missing['row']))})"
+            " — this run's data has no images for them."]
+
+
 def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]]:
     """Every way this run departs from the paper, each with its reason: the study's own list from
     paper_figures.yaml, then what this run's data and settings add (subset, caps, random weights)."""
