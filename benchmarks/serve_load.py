@@ -163,25 +163,25 @@ def raw_throughput(models: Path | None, model: str, files: list[Path], batch: in
     import numpy as np
     import tensorflow as tf
 
-    from tlrepro.modeling.predict import Predictor, _decode
+    from tlrepro.modeling.predict import Predictor, decode_image
 
     predictor = Predictor.load(model, models)
     arrays = []
     for path in files:
-        array, _, ok, _ = _decode(path.read_bytes(), predictor.size)
+        array, _, ok, _ = decode_image(path.read_bytes(), predictor.size)
         if ok:
             arrays.append(array)
     if not arrays:
         raise BenchError("none of the images could be decoded")
     images = np.stack(arrays).astype("float32")
     batches = [tf.constant(images[i : i + batch]) for i in range(0, len(images), batch)]
-    predictor._forward(batches[0])  # trace once, outside the timing
+    predictor.forward(batches[0])  # trace once, outside the timing
     if len(batches) > 1:
-        predictor._forward(batches[-1])
+        predictor.forward(batches[-1])
     done, start = 0, time.perf_counter()
     while done < total:
         for chunk in batches:
-            np.asarray(predictor._forward(chunk))
+            np.asarray(predictor.forward(chunk))
             done += int(chunk.shape[0])
             if done >= total:
                 break
