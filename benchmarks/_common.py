@@ -6,15 +6,31 @@ Nothing here imports TensorFlow or tlrepro at import time, so a script can still
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's Python warnings (tf.function retracing notes) would split the tables; errors still show
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def make_parser(doc: str, rows_help: str | None = None, study_options: bool = True) -> argparse.ArgumentParser:
+    """The script's parser: its docstring as help, and the options every study benchmark takes (`--params`,
+    `--max-images`, and `--rows` where `rows_help` is given)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(doc.splitlines()[2:]))
+    if study_options:
+        parser.add_argument("--params", type=Path, default=None, help="params file (default: the project's params.yaml)")
+        parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                            help="at most N images of each class on each side, drawn with the seed (in memory)")
+    if rows_help:
+        parser.add_argument("--rows", nargs="+", metavar="ROW", default=None, help=rows_help)
+    return parser
 
 
 def run_main(run: Callable[[], None]) -> int:

@@ -32,21 +32,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, cap_sides, ratio, run_main, side_counts  # noqa: E402
+from _common import Table, cap_sides, make_parser, ratio, run_main, side_counts  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--params", type=Path, default=None, help="params file (default: the project's params.yaml)")
+    parser = make_parser(__doc__)
     parser.add_argument("--study", default="mobilenet2025", help="study id (default: %(default)s)")
     parser.add_argument("--row", default="frozen", help="row of the study to train, from its initial weights (a `start_from` is not followed; "
                              "default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="epochs (default: the row's, after scale.max_epochs and the row's max_epochs)")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N",
-                        help="at most N images of each class on each side, drawn with the seed (in memory)")
     parser.add_argument("--weights", choices=("imagenet", "random"), default=None,
                         help="backbone weights (default: the row's `weights`)")
     args = parser.parse_args(argv)

@@ -32,24 +32,16 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, cap_sides, duration, ratio, run_main, side_counts  # noqa: E402
+from _common import Table, cap_sides, duration, make_parser, ratio, run_main, side_counts  # noqa: E402
 
 STUDY = "lin2024"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--params", type=Path, default=None, help="params file (default: the project's params.yaml)")
-    parser.add_argument("--rows", nargs="+", metavar="ROW", default=None,
-                        help=f"rows (backbones) of {STUDY} to run (default: all, in params order)")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N",
-                        help="at most N images of each class on each side, drawn with the seed (in memory)")
+    parser = make_parser(__doc__, rows_help=f"rows (backbones) of {STUDY} to run (default: all, in params order)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help=f"head seeds per cell (default: params studies.{STUDY}.repeats)")
     parser.add_argument("--naive", action="store_true",

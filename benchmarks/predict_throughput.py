@@ -35,15 +35,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, ratio, run_main  # noqa: E402
+from _common import Table, make_parser, ratio, run_main  # noqa: E402
 
 DEFAULT_MODEL = "sarker2025/MobileNetV2"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = make_parser(__doc__, study_options=False)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a saved .keras model with its card, or a <study>/<row> name (default: %(default)s)")
     parser.add_argument("--folder", type=Path, default=None,
