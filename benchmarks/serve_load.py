@@ -2,9 +2,10 @@
 
 Starts the server on loopback in a subprocess (`python -m tlrepro serve`, a free port) unless `--url` points
 at a running one, then sends skin-dataset JPEGs (default: the test images under data/raw/skin) as the lin2024
-JSON contract ({"image": "<base64>", "model": ...}) from an async httpx client, with 1, 4 and 16 clients at
-once (`--concurrency`), `--requests` requests per level after a warm-up. For each level it prints
-requests/s, p50/p95/p99 latency (ms) and errors. Then it loads the same model in this process and times its
+JSON contract ({"image": "<base64>", "model": ...}) from an async client (`--client raw`: a minimal HTTP/1.1
+keep-alive client on asyncio streams, light on the CPU it shares with the server; `--client httpx`: httpx),
+with 1, 4 and 16 clients at once (`--concurrency`), `--requests` requests per level after a warm-up. For each
+level it prints requests/s, p50/p95/p99 latency (ms), errors and the client's own CPU time per request. Then it loads the same model in this process and times its
 raw batched `predict` on the same images already decoded in memory (batches of serve.max_batch), and prints
 the ratio of the best served rate to that raw rate (what HTTP, base64, decoding and batching cost).
 
@@ -49,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="concurrent clients per level (default: 1 4 16)")
     parser.add_argument("--requests", type=int, default=200, metavar="N", help="requests per level (default: 200)")
     parser.add_argument("--endpoint", choices=("predict", "explain"), default="predict")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="load generator: a minimal asyncio HTTP/1.1 client, light on the shared CPU, or an "
+                             "httpx.AsyncClient (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
     parser.add_argument("--startup-timeout", type=float, default=300.0,
                         help="seconds to wait for the server to answer /health (default: 300)")
@@ -150,12 +154,77 @@ async def run_level(url: str, bodies: list[dict], concurrency: int, requests: in
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return summary(concurrency, requests, latencies, errors, elapsed, cpu)
+
+
+async def run_level_raw(url: str, bodies: list[dict], concurrency: int, requests: int, endpoint: str,
+                        timeout: float) -> dict:
+    """As run_level, from a minimal HTTP/1.1 keep-alive client on asyncio streams: each request's bytes are
+    built once, so the load generator takes little of the CPU it shares with the server on one machine."""
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    payloads = []
+    for body in bodies:
+        data = json.dumps(body).encode()
+        payloads.append(f"POST /v1/{endpoint} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    next_index = 0
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> int:
+        writer.write(payload)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        return status
+
+    async def client() -> None:
+        nonlocal next_index
+        connection = None
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                if connection is None:
+                    connection = await asyncio.open_connection(host, port)
+                status = await asyncio.wait_for(exchange(*connection, payloads[i % len(payloads)]), timeout)
+                ok, reason = status == 200, f"HTTP {status}"
+            except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+                ok, reason = False, type(exc).__name__
+                if connection is not None:
+                    connection[1].close()
+                connection = None
+            if ok:
+                latencies.append((time.perf_counter() - start) * 1000)
+            else:
+                errors[reason] = errors.get(reason, 0) + 1
+        if connection is not None:
+            connection[1].close()
+
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return summary(concurrency, requests, latencies, errors, elapsed, cpu)
+
+
+def summary(concurrency: int, requests: int, latencies: list[float], errors: dict[str, int], elapsed: float,
+            cpu: float) -> dict:
     return {"concurrency": concurrency, "requests": requests, "rps": len(latencies) / elapsed,
             "p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
-            "errors": sum(errors.values()), "why": errors}
+            "errors": sum(errors.values()), "why": errors, "client_cpu_ms": 1000 * cpu / max(requests, 1)}
 
 
 def raw_throughput(models: Path | None, model: str, files: list[Path], batch: int, total: int) -> float:
@@ -206,15 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         bodies = [{"image": b, "model": model} for b in bodies_raw]
         print(f"model {model}; {len(files)} JPEG(s) from {args.images_dir}; POST /v1/{args.endpoint}; server "
               f"batching max_batch={max_batch}, max_wait_ms={max_wait}")
+        level = run_level_raw if args.client == "raw" else run_level
         warm = max(args.concurrency)
-        asyncio.run(run_level(url, bodies, warm, min(4 * warm, 64), args.endpoint, args.timeout))  # warm-up
+        asyncio.run(level(url, bodies, warm, min(4 * warm, 64), args.endpoint, args.timeout))  # warm-up
 
-        rows = [asyncio.run(run_level(url, bodies, c, args.requests, args.endpoint, args.timeout))
+        rows = [asyncio.run(level(url, bodies, c, args.requests, args.endpoint, args.timeout))
                 for c in args.concurrency]
-        print(f"\n{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        print(f"\n{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} "
+              f"{'client CPU ms/req':>17}")
         for r in rows:
             print(f"{r['concurrency']:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p95']:>8.1f} "
-                  f"{r['p99']:>8.1f} {r['errors']:>6}" + (f"  ({r['why']})" if r["errors"] else ""))
+                  f"{r['p99']:>8.1f} {r['errors']:>6} {r['client_cpu_ms']:>17.2f}"
+                  + (f"  ({r['why']})" if r["errors"] else ""))
+        print(f"(load generator: {args.client} client, in this process, on the same CPU as the server)")
         if process is not None:  # the server's CPU is free again for the raw measurement
             process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
