@@ -95,7 +95,7 @@ def test_studies_run_end_to_end_and_reproduce(tmp_path):
         assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         html = (root / f"reports/{study}.html").read_text()
         assert "RANDOM INITIALISATION" in html and "<img" in html and "Deviations from the paper" in html
-        assert "load_study" not in html, "the report hides the code"
+        assert "open_study" not in html, "the report hides the code"
         assert "oneDNN" not in html and "absl::" not in html and "WARNING:tensorflow" not in html
         for row in rows:
             assert (root / f"models/{study}/{row}.keras").is_file() and (root / f"models/{study}/{row}.card.json").is_file()
@@ -115,11 +115,13 @@ def test_studies_run_end_to_end_and_reproduce(tmp_path):
     # nothing changed: nothing runs
     assert "didn't change" in dvc("repro", "report") or "up to date" in dvc("status")
 
-    # same parameters, same metrics, byte for byte
+    # same parameters, same metrics, byte for byte: lin2024's batched grid, and mobilenet2025 with every other
+    # source of randomness (shuffling, augmentation, dropout, a row continued from another; sarker2025 trains
+    # the same way, so it is not rerun: the suite stays short)
     before = {s: (root / f"reports/metrics/{s}.json").read_bytes() for s in STUDIES}
-    dvc("repro", "--force", "--single-item", *(f"study@{s}" for s in STUDIES))
-    for study, content in before.items():
-        assert (root / f"reports/metrics/{study}.json").read_bytes() == content, study
+    dvc("repro", "--force", "--single-item", "study@lin2024", "study@mobilenet2025")
+    for study in ("lin2024", "mobilenet2025"):
+        assert (root / f"reports/metrics/{study}.json").read_bytes() == before[study], study
 
     # a learning rate changes only the lin2024 stage, not the data stages
     params = yaml.safe_load((root / "params.yaml").read_text())
