@@ -232,7 +232,8 @@ def raw_throughput(models: Path | None, model: str, files: list[Path], batch: in
     import numpy as np
     import tensorflow as tf
 
-    from tlrepro.modeling.predict import Predictor, decode_image
+    from tlrepro.data.images import decode_image
+    from tlrepro.modeling.predict import Predictor
 
     predictor = Predictor.load(model, models)
     arrays = []

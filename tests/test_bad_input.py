@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tlrepro.core import io, paths
+from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import index as index_module
 from tlrepro.data.index import prepare_dataset, scan
@@ -104,7 +104,7 @@ def test_an_index_that_cannot_be_written_keeps_the_previous_one(skin_raw, tmp_pr
             raise PermissionError(errno.EACCES, "Permission denied", str(dst))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", read_only)
+    monkeypatch.setattr(fileio.os, "replace", read_only)
     with pytest.raises(UserError, match=r"Cannot write data/index/skin.*Permission denied.*writable"):
         prepare_dataset("skin")
     assert paths.index_csv("skin").read_bytes() == before

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tlrepro.core import io, paths
+from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.reports import index as report
 from tlrepro.results import compare as papers
@@ -91,7 +91,7 @@ def test_deviations_list_the_studys_own_and_the_runs():
 
 
 def fake_outputs(study: str, rows: dict, dataset: str, random_init: list[str], **provenance) -> None:
-    io.write_json(paths.metrics_json(study), {"study": study, "dataset": dataset, "random_init": random_init,
+    fileio.write_json(paths.metrics_json(study), {"study": study, "dataset": dataset, "random_init": random_init,
                                               "results": rows})
     prov = {**PROVENANCE, "dataset": dataset, "source_dataset": dataset, "paper_dataset": papers.load(study)["dataset"],
             "random_init": random_init, "images": 1099, "published_images": 3297, "primary_protocol": "source",
@@ -99,7 +99,7 @@ def fake_outputs(study: str, rows: dict, dataset: str, random_init: list[str], *
             "weights": {r: {"source": "random"} if r in random_init else
                         {"source": "imagenet", "file": "w.h5", "sha256": "ab" * 32, "from": "IMAGENET_WEIGHTS_DIR"}
                         for r in rows}, **provenance}
-    io.write_json(paths.details_json(study), {"study": study, "provenance": prov,
+    fileio.write_json(paths.details_json(study), {"study": study, "provenance": prov,
                                               "results": {r: {"seeds": {"accuracy": {"mean": 0.84, "std": 0.01,
                                                                                      "seeds": 5}}} for r in rows}})
 
@@ -109,12 +109,12 @@ def test_write_index_two_studies(tmp_project):
                                        "roc_auc": 0.93, "f1": 0.85}}, "skin", [])
     fake_outputs("mobilenet2025", {"frozen": {"accuracy": 0.7, "accuracy_ci_low": 0.6, "accuracy_ci_high": 0.8,
                                               "f1": 0.55}}, "skin", ["frozen"])
-    io.write_json(paths.overlap_json(), {"phash_max_distance": 4, "datasets": {"skin": 10, "melanoma": 20},
+    fileio.write_json(paths.overlap_json(), {"phash_max_distance": 4, "datasets": {"skin": 10, "melanoma": 20},
                                          "matrix": {"skin": {"skin": {"images": 10, "exact": 10, "near": 10},
                                                              "melanoma": {"images": 10, "exact": 0, "near": 7}},
                                                     "melanoma": {"skin": {"images": 20, "exact": 0, "near": 7},
                                                                  "melanoma": {"images": 20, "exact": 20, "near": 20}}}})
-    io.write_text(paths.REPORTS / "lin2024.html", "<html></html>")
+    fileio.write_text(paths.REPORTS / "lin2024.html", "<html></html>")
     out = report.write_index()
     assert out == tmp_project / "reports" / "index.html"
     html = out.read_text()
@@ -132,10 +132,10 @@ def test_write_index_two_studies(tmp_project):
 
 
 def test_bad_metrics_json_names_file(tmp_project):
-    io.write_text(paths.metrics_json("kumar2022"), "{not json")
+    fileio.write_text(paths.metrics_json("kumar2022"), "{not json")
     with pytest.raises(UserError, match="reports/metrics/kumar2022.json"):
         report.write_index()
-    io.write_text(paths.metrics_json("kumar2022"), json.dumps({"study": "kumar2022"}))
+    fileio.write_text(paths.metrics_json("kumar2022"), json.dumps({"study": "kumar2022"}))
     with pytest.raises(UserError, match="results"):
         report.write_index()
 

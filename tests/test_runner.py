@@ -25,9 +25,9 @@ def write_notebook(project: Path, *bodies: str) -> None:
     nbformat.write(nb, project / "notebooks" / f"{STUDY}.ipynb")
 
 
-WRITE_OUTPUTS = ("from tlrepro.core import io, paths\n"
-                 "io.write_json(paths.study_output(f'reports/metrics/{study}.json'), {'results': {'r': {'accuracy': VALUE}}})\n"
-                 "io.write_text(paths.study_output(f'models/{study}/r.card.json'), 'card')\n")
+WRITE_OUTPUTS = ("from tlrepro.core import fileio, paths\n"
+                 "fileio.write_json(paths.study_output(f'reports/metrics/{study}.json'), {'results': {'r': {'accuracy': VALUE}}})\n"
+                 "fileio.write_text(paths.study_output(f'models/{study}/r.card.json'), 'card')\n")
 
 
 def test_run_study_writes_notebook_html_and_commits_outputs(tmp_project):

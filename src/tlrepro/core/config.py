@@ -162,22 +162,23 @@ class SqueezeExcitation(Strict):
 
 
 class RowSettings(Strict):
-    """What a row (or a study's `defaults`) may set; every field optional, so rows inherit defaults."""
+    """What a row (or a study's `defaults`) may set, each with its one default. Rows inherit the study's
+    `defaults` key by key: only the keys a row or `defaults` sets explicitly count (pydantic's `exclude_unset`)."""
 
     backbone: BackboneName | None = None
-    weights: Literal["imagenet", "random"] | None = None
+    weights: Literal["imagenet", "random"] = "imagenet"
     se: SqueezeExcitation | None = None
     init_from: str | None = None  # a `pretraining` entry: start from its trained backbone, new head
     image_size: Annotated[int, Field(ge=32, le=1024)] | None = None
-    preprocessing: Preprocessing | None = None
+    preprocessing: Preprocessing = "native"
     head: list[HeadLayer] | None = Field(None, min_length=1)
     augmentation: Augmentation | None = None
     augmentation_views: PosInt | None = None
-    trainable_layers: NonNegInt | Literal["all"] | None = None
+    trainable_layers: NonNegInt | Literal["all"] = 0
     trainable_from: str | None = None  # the backbone layer (by name) from which on everything trains
     start_from: str | None = None  # an earlier row of the same study: continue training its model
-    optimizer: Literal["adam", "sgd"] | None = None
-    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None  # sgd only
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0  # sgd only
     learning_rate: Annotated[float, Field(gt=0, le=10)] | None = None
     epochs: PosInt | None = None
     max_epochs: PosInt | None = None  # a cap on `epochs` (the paper's count) for practical runs
@@ -186,32 +187,21 @@ class RowSettings(Strict):
     reduce_lr: ReduceLR | None = None
 
 
-class Row(BaseModel):
-    """A row's settings with the study's defaults and the schema's defaults filled in."""
+REQUIRED_ROW_SETTINGS = ("backbone", "image_size", "batch_size", "head")
 
-    model_config = ConfigDict(frozen=True)
+
+class Row(RowSettings):
+    """A row's settings with the study's defaults and the schema's defaults filled in: RowSettings itself (one
+    source for every field), plus the row's name and the guarantee that the required settings are present."""
 
     name: str
-    backbone: BackboneName
-    weights: Literal["imagenet", "random"] = "imagenet"
-    se: SqueezeExcitation | None = None
-    init_from: str | None = None
-    image_size: int
-    preprocessing: Preprocessing = "native"
-    head: list[HeadLayer]
-    augmentation: Augmentation | None = None
-    augmentation_views: int | None = None
-    trainable_layers: int | Literal["all"] = 0
-    trainable_from: str | None = None
-    start_from: str | None = None
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.0
-    learning_rate: float | None = None
-    epochs: int | None = None
-    max_epochs: int | None = None
-    batch_size: int
-    early_stopping: EarlyStopping | None = None
-    reduce_lr: ReduceLR | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Row:
+        missing = [k for k in REQUIRED_ROW_SETTINGS if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"row `{self.name}` needs {', '.join(f'`{m}`' for m in missing)}")
+        return self
 
     @property
     def output_units(self) -> int:
@@ -224,7 +214,7 @@ class Row(BaseModel):
 
 def resolve_row(name: str, defaults: RowSettings, row: RowSettings, *, needs_schedule: bool = True) -> Row:
     merged = {**defaults.model_dump(exclude_unset=True), **row.model_dump(exclude_unset=True)}
-    missing = [k for k in ("backbone", "image_size", "batch_size", "head") if merged.get(k) is None]
+    missing = [k for k in REQUIRED_ROW_SETTINGS if merged.get(k) is None]
     if needs_schedule:
         missing += [k for k in ("learning_rate", "epochs") if merged.get(k) is None]
     if missing:

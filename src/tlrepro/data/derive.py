@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data.images import ImageInfo, inspect_image, load_rgb
 from tlrepro.data.index import drop_duplicates, read_index, write_index
@@ -54,7 +54,7 @@ def derive_dataset(key: str) -> pd.DataFrame:
         raise UserError(f"{where}: {exc}: choose another reference image.") from None
     source_root = paths.raw_dir(entry.source)
     target = paths.derived_dir(key)
-    with io.atomic_dir(target) as tmp:
+    with fileio.atomic_dir(target) as tmp:
         pairs = []
         for path in source_index["path"]:
             relative = Path(path).relative_to(paths.relative(source_root))
@@ -76,7 +76,7 @@ def derive_dataset(key: str) -> pd.DataFrame:
     stain = pd.DataFrame([{"source": paths.relative(r["source"]), "normalized": r["normalized"],
                            "reason": r["reason"]} for r in report])
     write_index(key, index, rejected, duplicates)
-    io.write_csv(stain_report_csv(key), stain)
+    fileio.write_csv(stain_report_csv(key), stain)
     fell_back = int((~stain["normalized"].astype(bool)).sum())
     print(f"{key}: {len(index)} images from {entry.source}, {entry.stain.method} stain normalization; "
           f"{fell_back} kept their original colours (see {paths.relative(stain_report_csv(key))})")

@@ -9,7 +9,7 @@ half-written. Every failure becomes one UserError line; Kaggle's key never appea
 from __future__ import annotations
 
 import contextlib
-import io as _io
+import io
 import json
 import os
 import shutil
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 
 CREDENTIALS_HELP = (
@@ -42,12 +42,12 @@ def download_dataset(key: str) -> Path:
         if not files:
             raise UserError(f"KAGGLE_MIRROR holds {slug} as an empty folder ({source}): fill it, or unset "
                             f"KAGGLE_MIRROR to download from Kaggle. {paths.relative(target)} was left as it was.")
-        with io.atomic_dir(target) as tmp:
+        with fileio.atomic_dir(target) as tmp:
             copy_tree(source, tmp, files)
         print(f"copied {slug} from {mirror} into {paths.relative(target)}")
     else:
         _require_credentials()
-        with io.atomic_dir(target) as tmp:
+        with fileio.atomic_dir(target) as tmp:
             _kaggle_download(slug, tmp)
             if not any(p.is_file() for p in tmp.rglob("*")):
                 raise UserError(f"Kaggle returned no files for `{slug}` (params.yaml datasets.{key}.slug); "
@@ -132,7 +132,7 @@ def sanitize(text: str) -> str:
 
 
 def _kaggle_download(slug: str, folder: Path) -> None:
-    captured = _io.StringIO()
+    captured = io.StringIO()
     try:
         # `import kaggle` authenticates on import and prints help (or exits) on failure: capture that.
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):

@@ -118,6 +118,20 @@ def decode_rgb(data: bytes, what: str = "image") -> Image.Image:
         return to_rgb(image)
 
 
+def decode_image(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
+    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises.
+
+    The one decoding path of prediction: `tlrepro predict`, Grad-CAM and the REST service all use it."""
+    facts = inspect_bytes(data, dihedral=False)
+    if isinstance(facts, str):
+        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, facts.encode()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        rgb = to_rgb(image)
+    bits = np.array(int(facts.phash, 16), dtype=np.uint64).view(np.int64)
+    return resized_array(rgb, size), bits, True, b""
+
+
 def load_rgb(path: Path | str) -> Image.Image:
     """The image as 8-bit RGB, for code that needs pixels (training, figures)."""
     try:

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data.images import UNSUPPORTED_EXTENSIONS, ImageInfo, inspect_image, is_image_file
@@ -181,7 +181,7 @@ def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicate
     """The three files, each written aside first, renamed into place together."""
     targets = [(paths.index_csv(key), index), (paths.rejected_csv(key), rejected),
                (paths.duplicates_csv(key), duplicates)]
-    with io.atomic_path(targets[0][0]) as a, io.atomic_path(targets[1][0]) as b, io.atomic_path(targets[2][0]) as c:
+    with fileio.atomic_path(targets[0][0]) as a, fileio.atomic_path(targets[1][0]) as b, fileio.atomic_path(targets[2][0]) as c:
         for tmp, (_, frame) in zip((a, b, c), targets, strict=True):
             frame.to_csv(tmp, index=False, lineterminator="\n")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.data import leakage
 from tlrepro.data.index import read_index
 
@@ -18,7 +18,7 @@ def write_overlap() -> Path:
     params = config.load_params()
     indexes = {key: read_index(key) for key in params.datasets}
     report = leakage.dataset_overlap(indexes, params.leakage.phash_max_distance)
-    target = io.write_json(paths.overlap_json(), report)
+    target = fileio.write_json(paths.overlap_json(), report)
     for a, row in report["matrix"].items():
         shared = ", ".join(f"{b}: {v['exact']} exact / {v['near']} near" for b, v in row.items() if b != a)
         print(f"{a} ({report['datasets'][a]} images) also in {shared}")

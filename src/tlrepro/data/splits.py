@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import SIDES, Split
 from tlrepro.core.errors import UserError
 from tlrepro.core.numbers import allocate
@@ -180,9 +180,9 @@ def write_study_split(study_id: str) -> pd.DataFrame:
     params = config.load_params()
     split, audits = build_split(study_id, params)
     counts = {name: {k: v for k, v in a.items() if not isinstance(v, dict)} for name, a in audits.items()}
-    io.write_csv(paths.split_csv(study_id), split)
-    io.write_json(paths.leakage_json(study_id), counts)
-    io.write_json(paths.leakage_details_json(study_id), audits)
+    fileio.write_csv(paths.split_csv(study_id), split)
+    fileio.write_json(paths.leakage_json(study_id), counts)
+    fileio.write_json(paths.leakage_details_json(study_id), audits)
     for name, frame in split.groupby("protocol", sort=False):
         print(f"{study_id} ({params.study(study_id).dataset}) protocol {name}:")
         print(pd.crosstab(frame["label"], frame["side"], margins=True).to_string())

@@ -18,8 +18,6 @@ reference's contrast.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ import numpy as np
 import torchstain
 from PIL import Image
 from tqdm import tqdm
+
+from tlrepro.core import fileio
 
 METHODS = ("macenko", "reinhard")
 # torchstain's Macenko defaults, passed explicitly so the tissue criterion stays in step with it.
@@ -148,16 +148,9 @@ class StainNormalizer:
 
 
 def _write_png(image: np.ndarray, target: Path) -> None:
-    """Write atomically: a temporary file beside `target`, then os.replace, so no half-written PNG remains."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(image).save(handle, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Written aside, then renamed into place: no half-written PNG remains."""
+    with fileio.atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        Image.fromarray(image).save(handle, format="PNG")
 
 
 def _normalize_file(source: Path, target: Path, normalizer: StainNormalizer) -> dict:

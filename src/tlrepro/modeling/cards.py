@@ -9,14 +9,11 @@ It also holds the sha256 of the .keras file: a card that does not match its mode
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlrepro.core import io, paths
+from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -25,34 +22,16 @@ if TYPE_CHECKING:
 CARD_FORMAT = "tlrepro.model-card/1"
 
 
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(model: keras.Model, path: Path | str, card: dict[str, Any]) -> tuple[Path, Path]:
     """Write the model (.keras) and its card atomically; the card records the model file's sha256."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"a model path must end with .keras, not {path.name}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise UserError(f"Cannot write {paths.relative(path)} ({exc.strerror or exc}): check the folder.") from None
-    try:
+    with fileio.atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the extension
         model.save(tmp, overwrite=True)
-        digest = file_sha256(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        digest = fileio.file_sha256(tmp)
     card_path = paths.card_of(path)
-    io.write_json(card_path, {**card, "format": CARD_FORMAT, "model_file": path.name, "model_sha256": digest})
+    fileio.write_json(card_path, {**card, "format": CARD_FORMAT, "model_file": path.name, "model_sha256": digest})
     return path, card_path
 
 
@@ -66,10 +45,10 @@ def read_card(model_path: Path | str) -> dict[str, Any]:
     if not card_path.is_file():
         raise UserError(f"{paths.relative(model_path)} has no model card ({card_path.name} beside it): only models "
                         f"the pipeline saved can be used, since the card says how to feed them.")
-    card = io.read_json(card_path, "model card")
+    card = fileio.read_json(card_path, "model card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise UserError(f"{paths.relative(card_path)} is not a {CARD_FORMAT} card: re-run the study that saved it.")
-    if card.get("model_sha256") != file_sha256(model_path):
+    if card.get("model_sha256") != fileio.file_sha256(model_path):
         raise UserError(f"{paths.relative(card_path)} does not match {model_path.name} (the model file changed "
                         f"after its card was written): re-run the study, or restore the matching pair.")
     return card

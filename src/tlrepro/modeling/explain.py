@@ -22,7 +22,7 @@ Note: the last block's map is small (7x7 at 224 px; 1x1 at 32 px, where the heat
 
 from __future__ import annotations
 
-import io as _io
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tlrepro.core import io
+from tlrepro.core import fileio
+from tlrepro.data.images import decode_image
 
 DEFAULT_ALPHA = 0.4
 DEFAULT_COLORMAP = "jet"
@@ -148,7 +149,7 @@ def overlay(rgb: np.ndarray | Image.Image, heatmap: np.ndarray, *, alpha: float 
 def overlay_png(rgb: np.ndarray | Image.Image, heatmap: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
                 colormap: str = DEFAULT_COLORMAP) -> bytes:
     """`overlay` encoded as PNG bytes."""
-    buffer = _io.BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(overlay(rgb, heatmap, alpha=alpha, colormap=colormap)).save(buffer, "PNG")
     return buffer.getvalue()
 
@@ -193,8 +194,6 @@ def write_overlays(predictor: Any, paths: Sequence[Path | str], out_dir: Path | 
     Each image is decoded and resized exactly as `predict` does, and the overlay shows Grad-CAM of the
     predicted class over the image at the model's input size. Unreadable images are skipped (predict
     lists them with their reasons). Returns the files written, in order."""
-    from tlrepro.modeling.predict import decode_image
-
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     names = _out_names(paths)
@@ -214,7 +213,7 @@ def write_overlays(predictor: Any, paths: Sequence[Path | str], out_dir: Path | 
         if not arrays:
             continue
         for name, png in zip(keep, explain_arrays(predictor, np.stack(arrays)), strict=True):
-            written.append(io.write_bytes(out_dir / name, png))
+            written.append(fileio.write_bytes(out_dir / name, png))
     if written:
         print(f"wrote {len(written)} Grad-CAM overlay(s) to {out_dir}")
     return written

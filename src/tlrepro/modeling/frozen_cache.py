@@ -33,7 +33,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from tlrepro.core import io, paths
+from tlrepro.core import fileio, paths
 from tlrepro.data.tfdata import decoding_fingerprint, image_dataset
 from tlrepro.modeling.models import Classifier, build_augmentation
 
@@ -160,7 +160,7 @@ def _load(target: Path) -> list[np.ndarray] | None:
 
 
 def _store(target: Path, arrays: list[np.ndarray]) -> None:
-    with io.atomic_path(target) as tmp, open(tmp, "wb") as handle:
+    with fileio.atomic_path(target) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{f"x{i}": a for i, a in enumerate(arrays)})
 
 

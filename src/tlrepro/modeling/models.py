@@ -11,7 +11,6 @@ Every part is a real, serializable Keras layer (no Lambda), so a saved model loa
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from tlrepro.core import config
+from tlrepro.core import config, fileio
 from tlrepro.core.config import Augmentation, HeadLayer, Row
 from tlrepro.core.errors import UserError
 
@@ -160,17 +159,9 @@ def weights_provenance(name: str, weights: str, image_size: int) -> dict[str, st
     file_name = backbone_spec(name).weights_file(image_size)
     keras_cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     path = Path(location) if location != "imagenet" else keras_cache / file_name
-    digest = _sha256(path) if path.is_file() else "unknown"
+    digest = fileio.file_sha256(path) if path.is_file() else "unknown"
     return {"source": "imagenet", "file": file_name, "sha256": digest,
             "from": "IMAGENET_WEIGHTS_DIR" if location != "imagenet" else "Keras download"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:

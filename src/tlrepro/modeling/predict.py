@@ -12,7 +12,7 @@ training. Unreadable images are listed with the reason and never stop the rest.
 
 from __future__ import annotations
 
-import io as _io
+import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tlrepro.core import io, paths
+from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import images
 from tlrepro.data.index import scan
@@ -34,26 +34,12 @@ from tlrepro.modeling import cards
 DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the same picture"
 
 
-def decode_image(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
-    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises.
-
-    The one decoding path of prediction: `tlrepro predict`, the notebooks and the REST service all use it."""
-    facts = images.inspect_bytes(data, dihedral=False)
-    if isinstance(facts, str):
-        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, facts.encode()
-    with Image.open(_io.BytesIO(data)) as image:
-        image.load()
-        rgb = images.to_rgb(image)
-    bits = np.array(int(facts.phash, 16), dtype=np.uint64).view(np.int64)
-    return images.resized_array(rgb, size), bits, True, b""
-
-
 def _decode_file(path: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
     try:
         data = Path(os.fsdecode(path)).read_bytes()
     except OSError as exc:
         return np.zeros((size, size, 3), np.uint8), np.int64(0), False, f"unreadable file: {exc.strerror or exc}".encode()
-    return decode_image(data, size)
+    return images.decode_image(data, size)
 
 
 @dataclass
@@ -94,7 +80,7 @@ class Predictor:
 
         items = list(from_bytes) if from_bytes is not None else [os.fsencode(s) for s in sources]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(items, dtype=tf.string))
-        reader = decode_image if from_bytes is not None else _decode_file
+        reader = images.decode_image if from_bytes is not None else _decode_file
 
         def decode(item):
             image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size), [item],
@@ -169,7 +155,7 @@ class Predictor:
         """Predictions for decoded RGB images (any size: resized as the card says)."""
         blobs = []
         for a in arrays:
-            buffer = _io.BytesIO()
+            buffer = io.BytesIO()
             (a if isinstance(a, Image.Image) else Image.fromarray(np.asarray(a, dtype=np.uint8))).save(buffer, "PNG")
             blobs.append(buffer.getvalue())
         return self.predict_bytes(blobs, batch_size=batch_size)[0]
@@ -213,10 +199,10 @@ def predict_folder(model: str | Path, folder: str | Path, *, out: str | Path = "
     table, rejected = predictor.predict_paths(files, batch_size=batch_size, progress=progress, names=names)
     rejected_files = rejected_files.assign(path=[os.path.relpath(p, folder) for p in rejected_files["path"]])
     rejected = pd.concat([rejected, rejected_files], ignore_index=True).sort_values("path", ignore_index=True)
-    io.write_csv(out, table)
+    fileio.write_csv(out, table)
     rejected_path = out.with_name(out.stem + ".rejected.csv")
     if len(rejected):
-        io.write_csv(rejected_path, rejected)
+        fileio.write_csv(rejected_path, rejected)
     else:
         rejected_path.unlink(missing_ok=True)
     if explain and len(table):

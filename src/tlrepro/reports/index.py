@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.results import compare
 
@@ -28,7 +28,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 def _read(path: Path, what: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    data = io.read_json(path, what)
+    data = fileio.read_json(path, what)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise UserError(f"{paths.relative(path)} has no `results` mapping: re-run `dvc repro study@{path.stem.split('.')[0]}`.")
     return data
@@ -145,10 +145,10 @@ def write_index() -> Path:
     ids = list(dict.fromkeys([*compare.studies(), *params.studies]))
     sections = [section(s, _read(paths.metrics_json(s), "metrics file"), _read_details(s)) for s in ids
                 if s in compare.studies()]
-    overlap = io.read_json(paths.overlap_json(), "overlap file") if paths.overlap_json().is_file() else None
-    return io.write_text(paths.REPORTS / "index.html", render_index(sections, overlap))
+    overlap = fileio.read_json(paths.overlap_json(), "overlap file") if paths.overlap_json().is_file() else None
+    return fileio.write_text(paths.REPORTS / "index.html", render_index(sections, overlap))
 
 
 def _read_details(study: str) -> dict[str, Any] | None:
     path = paths.details_json(study)
-    return io.read_json(path, "details file") if path.is_file() else None
+    return fileio.read_json(path, "details file") if path.is_file() else None

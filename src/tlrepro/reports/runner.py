@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 
 KERNEL = "tlrepro"
@@ -122,7 +122,7 @@ def commit_outputs(study: str, staging: Path) -> list[str]:
             continue
         target = paths.PROJECT_ROOT / relative
         if source.is_dir():
-            io.replace_dir(source, target)
+            fileio.replace_dir(source, target)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
@@ -156,7 +156,7 @@ def run_study(study: str, overrides: dict[str, Any] | None = None) -> Path:
     previous = os.environ.get(paths.STAGING_ENV)
     os.environ[paths.STAGING_ENV] = str(staging)  # the kernel inherits it: study outputs land in staging
     try:
-        with io.atomic_path(executed) as tmp:
+        with fileio.atomic_path(executed) as tmp:
             running = tmp.with_suffix(".ipynb")  # papermill wants an .ipynb name
             try:
                 try:
@@ -171,7 +171,7 @@ def run_study(study: str, overrides: dict[str, Any] | None = None) -> Path:
             finally:
                 running.unlink(missing_ok=True)
             commit_outputs(study, staging)
-        io.write_text(html_path, html)
+        fileio.write_text(html_path, html)
     finally:
         if previous is None:
             os.environ.pop(paths.STAGING_ENV, None)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from tlrepro.core.io import plain
+from tlrepro.core.fileio import plain
 from tlrepro.data.labels import BINARY_CLASSES
 
 LABELS = (0, 1)

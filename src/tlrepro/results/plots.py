@@ -28,7 +28,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from tlrepro.core import io
+from tlrepro.core import fileio
 from tlrepro.data.labels import BINARY_CLASSES
 from tlrepro.results.metrics import roc_curve_points
 
@@ -295,7 +295,7 @@ def paper_vs_ours(compare_frame: pd.DataFrame, metric: str | None = None) -> Fig
 def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write a figure as PNG atomically (a crash never leaves half a PNG for DVC to cache)."""
     path = Path(path)
-    with io.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     return path
 

@@ -12,7 +12,7 @@
 
 Models are discovered (their cards read and checked against the model files) when the app is created; a
 model is loaded on its first request and then kept (`serve` loads the default one before it starts
-listening). Images are decoded exactly as `tlrepro predict` decodes them (`predict.decode_image`), so a
+listening). Images are decoded exactly as `tlrepro predict` decodes them (`data.images.decode_image`), so a
 probability here equals the one `predict` writes; requests arriving together share one model call
 (`tlrepro.serve.batching`).
 
@@ -28,7 +28,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import io as _io
+import io
 import ipaddress
 import json
 import logging
@@ -357,7 +357,7 @@ def check_header(data: bytes, max_pixels: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(_io.BytesIO(data)) as image:  # lazy: reads the header only
+            with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
                 fmt, width, height = image.format, image.width, image.height
     except Image.DecompressionBombError as exc:
         raise ApiError(413, f"image too large ({exc}): limit {max_pixels:,} pixels (serve.max_pixels); "
@@ -377,7 +377,7 @@ def check_header(data: bytes, max_pixels: int) -> None:
 
 def decode_for(predictor: Any, data: bytes) -> tuple[np.ndarray, np.int64]:
     """(uint8 image resized for the model, phash bits) decoded exactly as `tlrepro predict` does."""
-    from tlrepro.modeling.predict import decode_image
+    from tlrepro.data.images import decode_image
 
     array, bits, ok, reason = decode_image(data, predictor.size)
     if not ok:

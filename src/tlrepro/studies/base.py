@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tlrepro.core import config, io, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import Row
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
@@ -281,8 +281,8 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
         "positive_class": lab.POSITIVE if lab.is_binary(study.classes) else None, "threshold": threshold,
         "training": {**row.settings(), "epochs_run": result.epochs_run if result else None,
                      "best_epoch": result.best_epoch if result else None, "path": result.path if result else None},
-        "data": {"dataset": study.dataset, "index_sha256": cards.file_sha256(paths.index_csv(study.dataset)),
-                 "split_sha256": cards.file_sha256(paths.split_csv(study.id)), "sides": sides},
+        "data": {"dataset": study.dataset, "index_sha256": fileio.file_sha256(paths.index_csv(study.dataset)),
+                 "split_sha256": fileio.file_sha256(paths.split_csv(study.id)), "sides": sides},
         "metrics": {"side": study.settings.evaluate_on, **{k: figures.get(k) for k in (*HEADLINE, "n")}},
         "report": f"reports/{study.id}.html",
         "phash_max_distance": study.params.leakage.phash_max_distance,
@@ -317,21 +317,21 @@ def write_metrics(study: Study, rows: dict[str, dict[str, Any]], details: dict[s
     else: classification reports, confusion matrices, seed spreads, leak-free figures, provenance).
     Deterministic values only (no times), so the same parameters give the same bytes."""
     target = paths.study_output(paths.study_outputs(study.id)["metrics"])
-    io.write_json(target, {"study": study.id, "dataset": study.dataset, "random_init": study.random_init(),
+    fileio.write_json(target, {"study": study.id, "dataset": study.dataset, "random_init": study.random_init(),
                            "results": rows})
-    io.write_json(paths.study_output(paths.study_outputs(study.id)["details"]),
+    fileio.write_json(paths.study_output(paths.study_outputs(study.id)["details"]),
                   {"study": study.id, "provenance": study.provenance(), **details})
     return target
 
 
 def write_plot_table(study: Study, name: str, frame: pd.DataFrame) -> Path:
     """reports/plots/<study>/<name>.csv, declared as DVC plots."""
-    return io.write_csv(paths.study_output(f"{paths.study_outputs(study.id)['plots']}/{name}.csv"), frame)
+    return fileio.write_csv(paths.study_output(f"{paths.study_outputs(study.id)['plots']}/{name}.csv"), frame)
 
 
 def write_timings(study: Study, timings: dict[str, Any]) -> Path:
     """reports/timings/<study>.json: wall times vary run to run, so they stay out of the metrics."""
-    return io.write_json(paths.study_output(paths.study_outputs(study.id)["timings"]), timings)
+    return fileio.write_json(paths.study_output(paths.study_outputs(study.id)["timings"]), timings)
 
 
 def results_details(study: Study, results: Results) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlrepro.core import config, paths
+from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
@@ -68,7 +68,7 @@ def pretrain(key: str) -> Path:
                      "path": result.path, "seconds": round(time.perf_counter() - started, 1),
                      "history": result.history.round(6).to_dict(orient="list")},
         "data": {"dataset": entry.dataset, "classes": list(classes), "sides": split.groupby("side").size().to_dict(),
-                 "index_sha256": cards.file_sha256(paths.index_csv(entry.dataset))},
+                 "index_sha256": fileio.file_sha256(paths.index_csv(entry.dataset))},
         "metrics": {"side": "val", **figures},
         "phash_max_distance": params.leakage.phash_max_distance,
         "training_phashes": sorted(set(np.asarray(train["phash"]).tolist())),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -29,12 +30,13 @@ def _cannot_write(target: Path, exc: OSError) -> UserError:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary file path; on success it replaces `target` in one rename."""
+def atomic_path(target: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary file path beside `target` (ending in `suffix`, for writers that check the extension);
+    on success it replaces `target` in one rename. The one way this project writes a file."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
         os.close(fd)
     except OSError as exc:
         raise _cannot_write(target, exc) from None
@@ -81,6 +83,12 @@ def replace_dir(source: Path, target: Path) -> None:
             os.replace(source, target)
     except OSError as exc:
         raise _cannot_write(target, exc) from None
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's bytes (hex), read in chunks: the one file-hash helper."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_text(target: Path | str, text: str) -> Path:
