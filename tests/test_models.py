@@ -155,3 +155,14 @@ def test_in_model_augmentation_acts_in_training_only():
     seen = keras.ops.convert_to_numpy(aug(x, training=True))
     assert not np.allclose(seen, x), "in training the images are changed"
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)
+
+
+def test_smoke_test_backbones_refuse_imagenet_weights_and_take_se_blocks():
+    for name in ("TinyCNN", "TinyDenseNet"):
+        with pytest.raises(UserError, match=rf"{name} is a smoke-test backbone.*weights: random"):
+            models.weights_location(name, 32)
+    from tlrepro.modeling.blocks import count_squeeze_excitation, insert_squeeze_excitation
+
+    dense = models.build_backbone("TinyDenseNet", 32, "random")
+    assert "conv5_block1_0_bn" in [layer.name for layer in dense.layers]  # trainable_from targets exist
+    assert count_squeeze_excitation(insert_squeeze_excitation(dense)) == 4 + 3  # 4 dense layers, 3 transitions

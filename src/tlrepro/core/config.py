@@ -25,6 +25,7 @@ from tlrepro.core.errors import UserError
 # Backbones the model registry (tlrepro.modeling.models.BACKBONES) builds; a test keeps the two equal.
 BackboneName = Literal[
     "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small", "ResNet50V2", "EfficientNetV2B0", "VGG16", "DenseNet121",
+    "TinyCNN", "TinyDenseNet",  # smoke-test backbones (random weights only)
 ]
 Preprocessing = Literal["native", "tf", "caffe", "torch", "unit", "raw"]
 View = Literal["rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "transverse"]

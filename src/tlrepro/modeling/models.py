@@ -91,13 +91,34 @@ class BackboneSpec:
 
     builder: Callable[..., keras.Model]
     preprocessing: str  # ImageNetPreprocessing mode the weights expect
-    weights_file: Callable[[int], str]  # Keras's own file name, given the image size
+    weights_file: Callable[[int], str] | None  # Keras's own file name, given the image size; None: no ImageNet weights
     extra_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 def _mobilenet_v2_file(size: int) -> str:
     rows = size if size in (96, 128, 160, 192, 224) else 224
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+
+
+def tiny_cnn(*, include_top: bool = False, weights: str | None = None, input_shape: tuple = (32, 32, 3)) -> keras.Model:
+    """Three strided conv + batch-norm blocks (about 6,000 parameters): a smoke-test backbone, seconds to train."""
+    inputs = keras.Input(input_shape, name="input_layer")
+    x = inputs
+    for i, filters in enumerate((8, 16, 32), start=1):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+    return keras.Model(inputs, x, name="tiny_cnn")
+
+
+def tiny_densenet(*, include_top: bool = False, weights: str | None = None,
+                  input_shape: tuple = (32, 32, 3)) -> keras.Model:
+    """Keras's own DenseNet with one dense layer per block (about 200,000 parameters, 49 layers): the layer names
+    of DenseNet121 (conv2_block1_2_conv, pool2_pool, conv5_block1_0_bn, ...), so squeeze-and-excitation
+    insertion and `trainable_from` work on it as on the real one, in seconds. Smoke tests only."""
+    from keras.src.applications.densenet import DenseNet  # the builder behind DenseNet121/169/201
+
+    return DenseNet([1, 1, 1, 1], include_top=False, weights=None, input_shape=input_shape, name="tiny_densenet")
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -123,6 +144,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "DenseNet121": BackboneSpec(
         keras.applications.DenseNet121, "torch", lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ),
+    # smoke-test backbones: random weights only, seconds per run (tests, and quick checks of a new setting)
+    "TinyCNN": BackboneSpec(tiny_cnn, "unit", None),
+    "TinyDenseNet": BackboneSpec(tiny_densenet, "torch", None),
 }
 
 
@@ -138,7 +162,10 @@ def weights_location(name: str, image_size: int) -> str:
     IMAGENET_WEIGHTS_DIR, when set, must hold the file under Keras's own name. It is loaded by path,
     never through Keras's cache, whose hash check rejects re-saved copies.
     """
-    file_name = backbone_spec(name).weights_file(image_size)
+    spec = backbone_spec(name)
+    if spec.weights_file is None:
+        raise UserError(f"{name} is a smoke-test backbone with no ImageNet weights: set the row's `weights: random`.")
+    file_name = spec.weights_file(image_size)
     if folder := os.environ.get("IMAGENET_WEIGHTS_DIR"):
         path = Path(folder) / file_name
         if not path.is_file():

@@ -20,17 +20,14 @@ from tlrepro.modeling.models import backbone_spec
 
 def missing_weights(params: config.Params, folder: Path) -> list[str]:
     """params keys (dotted) of rows with ImageNet weights that `folder` cannot provide."""
-    keys = []
-    for study_id, study in params.studies.items():
-        for row in study.all_rows():
-            if row.weights == "imagenet" and not row.init_from and not (
-                    folder / backbone_spec(row.backbone).weights_file(row.image_size)).is_file():
-                keys.append(f"studies.{study_id}.rows.{row.name}.weights")
-    for key, entry in params.pretraining.items():
-        row = entry.row(key)
-        if row.weights == "imagenet" and not (folder / backbone_spec(row.backbone).weights_file(row.image_size)).is_file():
-            keys.append(f"pretraining.{key}.model.weights")
-    return keys
+    def unavailable(row: config.Row) -> bool:
+        name = backbone_spec(row.backbone).weights_file
+        return row.weights == "imagenet" and (name is None or not (folder / name(row.image_size)).is_file())
+
+    keys = [f"studies.{study_id}.rows.{row.name}.weights" for study_id, study in params.studies.items()
+            for row in study.all_rows() if not row.init_from and unavailable(row)]
+    return keys + [f"pretraining.{key}.model.weights" for key, entry in params.pretraining.items()
+                   if unavailable(entry.row(key))]
 
 
 def offline_flags() -> str:
