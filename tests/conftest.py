@@ -175,3 +175,18 @@ def kaggle_mirror(tmp_path: Path) -> Path:
         if path.is_file():
             path.chmod(0o444)
     return mirror
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory):
+    """The shared end-to-end project (tests/e2e.py), after one `dvc repro` of the whole pipeline.
+
+    Tests that use it carry `pytest.mark.xdist_group("e2e")`, so they run on one worker and the project is built
+    once per session. Tests may change its params.yaml only inside `try/finally` blocks that restore it.
+    """
+    from e2e import make_project
+
+    project = make_project(tmp_path_factory.mktemp("e2e"))
+    project.dvc("init", "--no-scm")
+    project.dvc("repro")
+    return project

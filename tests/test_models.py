@@ -7,7 +7,7 @@ import pytest
 from tlrepro.core.config import RowSettings, resolve_row
 from tlrepro.core.errors import UserError
 from tlrepro.data.labels import BINARY_CLASSES
-from tlrepro.modeling import models
+from tlrepro.modeling import backbones, models
 
 HEAD = [{"pool": "avg"}, {"dense": 4, "activation": "relu"}, {"dropout": 0.2}, {"dense": 1, "activation": "sigmoid"}]
 
@@ -160,9 +160,9 @@ def test_in_model_augmentation_acts_in_training_only():
 def test_smoke_test_backbones_refuse_imagenet_weights_and_take_se_blocks():
     for name in ("TinyCNN", "TinyDenseNet"):
         with pytest.raises(UserError, match=rf"{name} is a smoke-test backbone.*weights: random"):
-            models.weights_location(name, 32)
+            backbones.weights_location(name, 32)
     from tlrepro.modeling.blocks import count_squeeze_excitation, insert_squeeze_excitation
 
-    dense = models.build_backbone("TinyDenseNet", 32, "random")
+    dense = backbones.build_backbone("TinyDenseNet", 32, "random")
     assert "conv5_block1_0_bn" in [layer.name for layer in dense.layers]  # trainable_from targets exist
     assert count_squeeze_excitation(insert_squeeze_excitation(dense)) == 4 + 3  # 4 dense layers, 3 transitions

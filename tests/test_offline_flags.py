@@ -15,31 +15,35 @@ from pathlib import Path
 
 from dvc.utils.hydra import apply_overrides
 
-from tlrepro.core import config
+from tlrepro.cli import main
+from tlrepro.core import config, paths
 
 REPO = Path(__file__).resolve().parents[1]
 PRESENT = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
-def offline_flags(root: Path, weights: Path | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("IMAGENET_WEIGHTS_DIR", "TLREPRO_ROOT")}
-    env["TLREPRO_ROOT"] = str(root)
-    if weights is not None:
-        env["IMAGENET_WEIGHTS_DIR"] = str(weights)
-    return subprocess.run([sys.executable, "-m", "tlrepro", "offline-flags"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+def offline_flags(root: Path, weights: Path | None, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`tlrepro offline-flags` in-process, with the project at `root`: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(paths, "PARAMS_FILE", root / "params.yaml")
+    if weights is None:
+        monkeypatch.delenv("IMAGENET_WEIGHTS_DIR", raising=False)
+    else:
+        monkeypatch.setenv("IMAGENET_WEIGHTS_DIR", str(weights))
+    status = main(["offline-flags"])
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
-def test_printed_flags_apply_with_dvc_and_switch_only_rows_without_weights(tmp_path):
+def test_printed_flags_apply_with_dvc_and_switch_only_rows_without_weights(tmp_path, monkeypatch, capsys):
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / PRESENT).write_bytes(b"")  # only its presence is checked
 
-    result = offline_flags(tmp_path, weights)
-    assert result.returncode == 0, result.stderr[-2000:]
-    words = shlex.split(result.stdout)
+    status, out, err = offline_flags(tmp_path, weights, monkeypatch, capsys)
+    assert status == 0, err[-2000:]
+    words = shlex.split(out)
     assert words[::2] == ["-S"] * (len(words) // 2) and words, words
     apply_overrides(str(tmp_path / "params.yaml"), words[1::2])
 
@@ -55,8 +59,24 @@ def test_printed_flags_apply_with_dvc_and_switch_only_rows_without_weights(tmp_p
                    for row in study.all_rows() if (s, row.name) in switched)
 
 
-def test_without_a_weights_folder_it_says_what_to_set(tmp_path):
+def test_without_a_weights_folder_it_says_what_to_set(tmp_path, monkeypatch, capsys):
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
-    result = offline_flags(tmp_path, None)
-    assert result.returncode == 2 and "IMAGENET_WEIGHTS_DIR" in result.stderr and "Traceback" not in result.stderr
+    status, _, err = offline_flags(tmp_path, None, monkeypatch, capsys)
+    assert status == 2 and "IMAGENET_WEIGHTS_DIR" in err and "Traceback" not in err
+
+
+def test_offline_flags_and_help_start_without_tensorflow(tmp_path):
+    """They answer in a second: neither imports TensorFlow or Keras."""
+    probe = ("import sys, contextlib, io\n"
+             "from tlrepro.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    main(['offline-flags'])\n"
+             "    try:\n"
+             "        main(['--help'])\n"
+             "    except SystemExit:\n"
+             "        pass\n"
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    env = {**os.environ, "IMAGENET_WEIGHTS_DIR": str(tmp_path), "TLREPRO_ROOT": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ logs would bury our one-line errors
     args = build_parser().parse_args(argv)
+    target = getattr(args, "dataset", None) or getattr(args, "study", None) or getattr(args, "key", None)
+    # the DVC stage this command is (a study's notebook kernel inherits it): see tlrepro.core.params_reads
+    os.environ["TLREPRO_STAGE"] = {"run": "study"}.get(args.command, args.command) + (f"@{target}" if target else "")
     from tlrepro.core.config import load_params
     from tlrepro.core.errors import UserError
 

@@ -19,10 +19,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tlrepro.core import paths
+from tlrepro.core import paths, stage_reads
 from tlrepro.core.errors import UserError
 
-# Backbones the model registry (tlrepro.modeling.models.BACKBONES) builds; a test keeps the two equal.
+# Backbones the registry (tlrepro.modeling.backbones.BACKBONES) builds; a test keeps the two equal.
 BackboneName = Literal[
     "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small", "ResNet50V2", "EfficientNetV2B0", "VGG16", "DenseNet121",
     "TinyCNN", "TinyDenseNet",  # smoke-test backbones (random weights only)
@@ -473,4 +473,4 @@ def load_params(path: Path | str | None = None) -> Params:
         stat = path.stat()
     except OSError:
         raise UserError(f"{path} not found: run from the project folder, or set TLREPRO_ROOT to it.") from None
-    return _load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return stage_reads.recording(_load(str(path.resolve()), stat.st_mtime_ns, stat.st_size))

@@ -83,6 +83,11 @@ def duplicates_csv(key: str) -> Path:
     return INDEX / f"{key}.duplicates.csv"
 
 
+def derived_json(key: str) -> Path:
+    """What a derived dataset was made from and how (written by its derive stage)."""
+    return INDEX / f"{key}.derived.json"
+
+
 def overlap_json() -> Path:
     return DATA / "overlap.json"
 

@@ -77,6 +77,8 @@ def derive_dataset(key: str) -> pd.DataFrame:
                            "reason": r["reason"]} for r in report])
     write_index(key, index, rejected, duplicates)
     fileio.write_csv(stain_report_csv(key), stain)
+    fileio.write_json(paths.derived_json(key), {"from": entry.source, "stain": entry.stain.model_dump(),
+                                                "images": len(index), "kept_original_colours": int((~stain["normalized"].astype(bool)).sum())})
     fell_back = int((~stain["normalized"].astype(bool)).sum())
     print(f"{key}: {len(index)} images from {entry.source}, {entry.stain.method} stain normalization; "
           f"{fell_back} kept their original colours (see {paths.relative(stain_report_csv(key))})")

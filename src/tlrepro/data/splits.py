@@ -18,10 +18,11 @@ from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import SIDES, Split
 from tlrepro.core.errors import UserError
 from tlrepro.core.numbers import allocate
+from tlrepro.data import labels as lab
 from tlrepro.data import leakage
 from tlrepro.data.index import read_index
 
-FRONT = ["protocol", "side", "view", "path", "label"]
+FRONT = ["protocol", "side", "view", "path", "label", "class_index", "group"]
 
 
 def cap_per_class(frame: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.DataFrame:
@@ -158,6 +159,10 @@ def build_split(study_id: str, params: config.Params) -> tuple[pd.DataFrame, dic
     study = params.study(study_id)
     dataset = params.dataset(study.dataset)
     index = cap_per_class(read_index(study.dataset), params.scale.max_images_per_class, params.seed)
+    # the class order and the unit of independence travel with the split, so study stages need no dataset setting
+    classes = lab.class_names(index["label"], dataset.labels, dataset.classes)
+    index = index.assign(class_index=[classes.index(v) for v in index["label"]],
+                         group=index[dataset.group] if dataset.group in index else "")
     frames, audits = [], {}
     for name, protocol in study.protocols.items():
         where = f"studies.{study_id}.protocols.{name}"
@@ -166,6 +171,7 @@ def build_split(study_id: str, params: config.Params) -> tuple[pd.DataFrame, dic
         group = protocol.group or dataset.group
         audits[name] = leakage.audit(rows, group=group if group in rows else None,
                                      max_distance=params.leakage.phash_max_distance)
+        audits[name]["group"] = group if group in rows else None
         audits[name]["eval_images_matching_train"] = {
             side: {kind: int(((rows["side"] == side) & (rows["train_match"] == kind)).sum())
                    for kind in leakage.MATCH_KINDS} for side in ("val", "test")}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tlrepro.core import config
 from tlrepro.core.errors import UserError
-from tlrepro.modeling.models import backbone_spec
+from tlrepro.modeling.backbones import backbone_spec
 
 
 def missing_weights(params: config.Params, folder: Path) -> list[str]:

@@ -271,12 +271,13 @@ def provenance(study: Study) -> pd.DataFrame:
 def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> pd.DataFrame:
     """Image-level and patient-level accuracy (mean over patients of each patient's accuracy) per `by` value,
     for every row and protocol, with bootstrap intervals that resample patients."""
-    group = study.params.dataset(study.dataset).group or "patient"
+    group = study.group or "patient"
     e = study.params.evaluation
     parts = []
     for (protocol, name), r in results.items():
         correct = (np.asarray(r.probs) >= r.metrics["threshold"]).astype(int) == study.labels(r.frame)
-        grouped = metrics.grouped_accuracy(r.frame, correct, group=group, by=by if by in r.frame else None,
+        grouped = metrics.grouped_accuracy(r.frame.assign(**{group: r.frame["group"]}), correct, group=group,
+                                           by=by if by in r.frame else None,
                                            seed=study.seed, resamples=e.bootstrap_resamples, confidence=e.confidence)
         parts.append(grouped.assign(protocol=protocol, model=name))
     out = pd.concat(parts, ignore_index=True)

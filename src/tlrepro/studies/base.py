@@ -21,7 +21,7 @@ from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.leakage import with_hashes
 from tlrepro.data.splits import read_split
-from tlrepro.modeling import cards, models, training
+from tlrepro.modeling import backbones, cards, models, training
 from tlrepro.results import compare, metrics
 
 HEADLINE = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1", "roc_auc")
@@ -55,9 +55,15 @@ class Study:
 
     @property
     def source_dataset(self) -> str:
-        """The downloaded dataset behind the study's (a derived dataset's source)."""
-        derived = self.params.derived.get(self.dataset)
-        return derived.source if derived else self.dataset
+        """The downloaded dataset behind the study's (a derived dataset's source, which its stage recorded)."""
+        derived = paths.derived_json(self.dataset)
+        return fileio.read_json(derived, "derived dataset record")["from"] if derived.is_file() else self.dataset
+
+    @property
+    def group(self) -> str | None:
+        """The unit the split keeps on one side (e.g. patient), as the split stage recorded it; None if none."""
+        audit = fileio.read_json(paths.leakage_details_json(self.id), "leakage audit")
+        return next((a.get("group") for a in audit.values() if a.get("group")), None)
 
     @property
     def paper(self) -> dict[str, Any]:
@@ -119,7 +125,7 @@ class Study:
             "published_images": compare.datasets().get(self.source_dataset, {}).get("published_images"),
             "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(), "capped_epochs": capped,
             "max_images_per_class": self.params.scale.max_images_per_class,
-            "weights": {r.name: models.weights_provenance(r.backbone, r.weights, r.image_size) for r in self.rows},
+            "weights": {r.name: backbones.weights_provenance(r.backbone, r.weights, r.image_size) for r in self.rows},
             "seed": self.seed, "repeats": self.settings.repeats,
         }
 
@@ -129,9 +135,8 @@ def load_study(study_id: str, params_file: str | Path | None = None) -> Study:
     params = config.load_params(Path(params_file) if params_file else None)
     settings = params.study(study_id)
     split = read_split(study_id)
-    dataset = params.dataset(settings.dataset)
-    classes = lab.class_names(split["label"], dataset.labels, dataset.classes)
-    study = Study(study_id, params, settings, split, classes)
+    order = split.drop_duplicates("label").assign(i=lambda f: f["class_index"].astype(int)).sort_values("i")
+    study = Study(study_id, params, settings, split, tuple(order["label"]))
     training.seed_everything(study.seed)
     return study
 
@@ -268,11 +273,11 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
              figures: dict[str, Any], train_frame: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
     """A model card (see tlrepro.modeling.cards) for a row trained by this study."""
     sides = study.protocol(protocol).groupby("side").size().to_dict()
-    mode = models.backbone_spec(row.backbone).preprocessing if row.preprocessing == "native" else row.preprocessing
+    mode = backbones.backbone_spec(row.backbone).preprocessing if row.preprocessing == "native" else row.preprocessing
     return {
         "study": study.id, "row": row.name, "protocol": protocol, "name": study.model_name(row.name, protocol),
         "seed": seed, "backbone": row.backbone,
-        "weights": models.weights_provenance(row.backbone, row.weights, row.image_size),
+        "weights": backbones.weights_provenance(row.backbone, row.weights, row.image_size),
         "init_from": row.init_from, "se": row.se.model_dump() if row.se else None,
         "head": [layer.model_dump(exclude_none=True) for layer in row.head],
         "image_size": row.image_size,

@@ -17,7 +17,7 @@ from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.splits import cap_per_class, split_protocol
-from tlrepro.modeling import cards, models, training
+from tlrepro.modeling import backbones, cards, models, training
 from tlrepro.results import metrics
 from tlrepro.studies.base import check_finite
 
@@ -58,7 +58,7 @@ def pretrain(key: str) -> Path:
                                                          resamples=e.bootstrap_resamples, confidence=e.confidence))
     card = {
         "study": None, "pretraining": key, "name": f"pretrained/{key}", "seed": params.seed, "backbone": row.backbone,
-        "weights": models.weights_provenance(row.backbone, row.weights, row.image_size),
+        "weights": backbones.weights_provenance(row.backbone, row.weights, row.image_size),
         "se": row.se.model_dump() if row.se else None,
         "head": [h.model_dump(exclude_none=True) for h in row.head], "image_size": row.image_size,
         "input": {"color": "RGB", "range": [0, 255], "resize": "bilinear", "dtype": "float32"},
