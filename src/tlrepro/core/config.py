@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tlrepro.core import paths
+from tlrepro.core import inputs, paths
 from tlrepro.core.errors import UserError
 
 # Backbones the model registry (tlrepro.modeling.models.BACKBONES) builds; a test keeps the two equal.
@@ -445,7 +445,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found: run from the project folder, or set TLREPRO_ROOT to it.")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.safe_load(inputs.read_regular(path).decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"{paths.relative(path)} cannot be read ({exc.strerror or exc}): make it readable.") from None
     except UnicodeDecodeError:
         raise UserError(f"{paths.relative(path)} is not a UTF-8 text file: restore it (git checkout params.yaml).") from None
     except yaml.YAMLError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlrepro.core.errors import UserError
+from tlrepro.core.inputs import read_regular
 
 
 def _cannot_write(target: Path, exc: OSError) -> UserError:
@@ -150,7 +151,7 @@ def read_json(path: Path | str, what: str = "file") -> Any:
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{relative(path)} not found ({what}).") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

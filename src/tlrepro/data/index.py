@@ -16,11 +16,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
 
-from tlrepro.core import config, fileio, paths
+from tlrepro.core import config, fileio, inputs, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data.images import UNSUPPORTED_EXTENSIONS, ImageInfo, inspect_image, is_image_file
@@ -38,45 +39,38 @@ def source_split_of(relative: PurePosixPath) -> str:
     return next((SOURCE_SPLITS[f] for f in reversed(folders) if f in SOURCE_SPLITS), "")
 
 
-def _printable(path: str) -> str:
-    """A path whose name is not valid UTF-8, written so a CSV can hold it (undecodable bytes as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
 
-def scan(folder: Path) -> tuple[list[PurePosixPath], list[dict], set[PurePosixPath]]:
-    """(files, problems, folders that hold image folders) under `folder`, sorted; hidden entries skipped.
+class Scan(NamedTuple):
+    files: list[PurePosixPath]  # regular files with UTF-8 names, in os.walk's top-down sorted order
+    problems: list[dict]  # {path, reason}: special files, bad links, unreadable folders, undecodable names
+    containers: set[PurePosixPath]  # folders that hold folders of images
+    folders: list[PurePosixPath]  # every folder walked
+
+
+def scan(folder: Path) -> Scan:
+    """What is under `folder`, hidden entries skipped (tlrepro.core.inputs.walk: nothing but regular files
+    is ever read; FIFOs, sockets, devices, broken and looping links are problems with their reason).
 
     Unreadable folders and file names that are not valid UTF-8 become problems (path, reason), never a crash.
     """
+    found = inputs.walk(folder, skip=_hidden)
     files: list[PurePosixPath] = []
-    problems: list[dict] = []
+    problems: list[dict] = list(found.problems)
     image_dirs: set[PurePosixPath] = set()
-
-    def unreadable(exc: OSError) -> None:
-        rel = os.path.relpath(exc.filename, folder) if exc.filename else str(folder)
-        problems.append({"path": _printable(rel), "reason": f"unreadable folder: {exc.strerror or exc}"})
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        rel_dir = PurePosixPath(Path(dirpath).relative_to(folder).as_posix())
-        for name in sorted(filenames):
-            if _hidden(name):
-                continue
-            rel = rel_dir / name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append({"path": _printable(str(rel)), "reason": "file name is not valid UTF-8: rename it"})
-                continue
-            files.append(rel)
-            if is_image_file(name):
-                image_dirs.add(rel_dir)
+    for rel in found.files:
+        try:
+            rel.name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append({"path": inputs.printable(rel), "reason": "file name is not valid UTF-8: rename it"})
+            continue
+        files.append(rel)
+        if is_image_file(rel.name):
+            image_dirs.add(rel.parent)
     containers = {parent for d in image_dirs for parent in d.parents if parent != d} & image_dirs
-    return files, problems, containers
+    return Scan(files, problems, containers, found.folders)
 
 
 def _unusable_reason(rel: PurePosixPath) -> str:
@@ -89,7 +83,7 @@ def _unusable_reason(rel: PurePosixPath) -> str:
 def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(index, rejected, duplicates) frames for the files under `folder`; paths relative to `root`."""
-    files, rejected, containers = scan(folder)
+    files, rejected, containers, _ = scan(folder)
     prefix = PurePosixPath(Path(os.path.relpath(folder, root)).as_posix())
     rejected = [{"path": str(prefix / p["path"]), "reason": p["reason"]} for p in rejected]
     labelled = []
@@ -193,6 +187,9 @@ def read_index(key: str) -> pd.DataFrame:
         raise UserError(f"{paths.relative(path)} not found: run `dvc repro prepare@{key}` first.")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise UserError(f"{paths.relative(path)} cannot be read ({exc.strerror or exc}): make it readable, or "
+                        f"re-run `dvc repro prepare@{key}`.") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{paths.relative(path)} is not a readable index ({' '.join(str(exc).split())[:120]}): "
                         f"re-run `dvc repro prepare@{key}`.") from None

@@ -18,6 +18,7 @@ reference's contrast.
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import torchstain
 from PIL import Image
 from tqdm import tqdm
 
-from tlrepro.core import fileio
+from tlrepro.core import fileio, inputs
 
 METHODS = ("macenko", "reinhard")
 # torchstain's Macenko defaults, passed explicitly so the tissue criterion stays in step with it.
@@ -155,7 +156,7 @@ def _write_png(image: np.ndarray, target: Path) -> None:
 
 def _normalize_file(source: Path, target: Path, normalizer: StainNormalizer) -> dict:
     try:
-        with Image.open(source) as opened:
+        with Image.open(io.BytesIO(inputs.read_regular(source))) as opened:
             pixels = np.asarray(opened.convert("RGB"))
     # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
     except Exception as exc:

@@ -38,6 +38,8 @@ def save(model: keras.Model, path: Path | str, card: dict[str, Any]) -> tuple[Pa
 def read_card(model_path: Path | str) -> dict[str, Any]:
     """The card beside a model, checked to be a card for exactly this file."""
     model_path = Path(model_path)
+    if model_path.exists() and not model_path.is_file():
+        raise UserError(f"{paths.relative(model_path)} is not a regular file: give a saved .keras model.")
     if not model_path.is_file():
         raise UserError(f"{paths.relative(model_path)} not found: give a saved .keras model (models/<study>/...), "
                         f"or run `dvc repro` for its study.")
@@ -48,7 +50,12 @@ def read_card(model_path: Path | str) -> dict[str, Any]:
     card = fileio.read_json(card_path, "model card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise UserError(f"{paths.relative(card_path)} is not a {CARD_FORMAT} card: re-run the study that saved it.")
-    if card.get("model_sha256") != fileio.file_sha256(model_path):
+    try:
+        digest = fileio.file_sha256(model_path)
+    except OSError as exc:
+        raise UserError(f"{paths.relative(model_path)} cannot be read ({exc.strerror or exc}): make it readable, "
+                        f"then run again.") from None
+    if card.get("model_sha256") != digest:
         raise UserError(f"{paths.relative(card_path)} does not match {model_path.name} (the model file changed "
                         f"after its card was written): re-run the study, or restore the matching pair.")
     return card

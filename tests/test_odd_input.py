@@ -1,0 +1,219 @@
+"""Issue 21: no input hangs or crashes a command, a card that disagrees with its model is refused, and odd data
+is named, not guessed. FIFOs, sockets, device links and looping links in the folders that predict, prepare and
+download read; unreadable files. Any call that could wait on a FIFO runs under a time limit."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import io
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import write_image
+
+from tlrepro import cli
+from tlrepro.core import config, paths
+from tlrepro.core.errors import UserError
+from tlrepro.data.index import prepare_dataset, read_index
+from tlrepro.data.labels import BINARY_CLASSES
+
+SKIN = "fanconic/skin-cancer-malignant-vs-benign"
+LIMIT_S = 60  # far above what any call here needs; a call still running then is waiting on a FIFO
+
+
+def within_limit(call, *args, fifos=(), **kwargs):
+    """call(*args, **kwargs) in a thread; if it is still running after LIMIT_S, the FIFOs are opened for writing
+    and closed (a reader waiting on one then reads an empty file and goes on) and the test fails."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # handed to the test thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(LIMIT_S)
+    if thread.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(LIMIT_S)
+        pytest.fail(f"{call.__name__} was still running after {LIMIT_S} s: it waited on a FIFO")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def make_socket(path: Path) -> socket.socket:
+    """A bound Unix socket at `path` (bound by its name from inside its folder: paths over 107 bytes fail)."""
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path.name)
+    finally:
+        os.chdir(here)
+    return sock
+
+
+@pytest.fixture
+def special_files():
+    """make(folder, outside): a FIFO, a socket, a device link, a broken link, looping links and a link to a
+    folder outside in `folder`; returns the words each must be listed with. Sockets are closed afterwards."""
+    sockets = []
+
+    def make(folder: Path, outside: Path) -> dict[str, str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(folder / "pipe.jpg")
+        sockets.append(make_socket(folder / "sock.png"))
+        os.symlink("/dev/null", folder / "device.jpg")
+        os.symlink(folder / "nowhere.jpg", folder / "broken.jpg")
+        os.symlink("self.jpg", folder / "self.jpg")
+        os.symlink("..", folder / "up")  # a folder link back to the folder above
+        os.symlink(folder.parent.parent, folder / "top")  # the folder read, or one that holds it
+        write_image(outside / "linked.jpg", seed=321)
+        os.symlink(outside, folder / "elsewhere")  # a folder outside the tree: followed
+        return {"pipe.jpg": "named pipe (FIFO)", "sock.png": "a socket", "device.jpg": "a link to a character device",
+                "broken.jpg": "broken link", "self.jpg": "symlink loop", "up": "symlink loop",
+                "top": "symlink loop"}
+
+    yield make
+    for sock in sockets:
+        sock.close()
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
+    """Opening any of `denied` fails with EACCES, by every route Python opens files (the tests run as root,
+    which permission bits do not stop)."""
+    names = {os.path.abspath(p) for p in denied}
+
+    def guard(real):
+        def opener(file, *args, **kwargs):
+            if isinstance(file, str | bytes | os.PathLike) and os.path.abspath(os.fsdecode(file)) in names:
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(file))
+            return real(file, *args, **kwargs)
+        return opener
+
+    monkeypatch.setattr(os, "open", guard(os.open))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open))
+    monkeypatch.setattr(io, "open", guard(io.open))
+
+
+def recorded_warnings(key: str) -> list[dict]:
+    """data/index/<key>.warnings.json, as prepare or derive wrote it."""
+    document = json.loads((paths.INDEX / f"{key}.warnings.json").read_text())
+    assert document["dataset"] == key
+    return document["warnings"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(err: str, *expected: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A TinyCNN (random weights, 32 px) saved with a card that agrees with it."""
+    from tlrepro.modeling import cards, models
+
+    row = config.resolve_row("tiny", config.RowSettings(), config.RowSettings(
+        backbone="TinyCNN", weights="random", image_size=32, batch_size=4, learning_rate=1e-3, epochs=1,
+        head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
+    clf = models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
+    path = tmp_path_factory.mktemp("models") / "demo" / "tiny.keras"
+    cards.save(clf.model, path, {"name": "demo/tiny", "image_size": 32, "classes": list(BINARY_CLASSES),
+                                 "threshold": 0.5, "preprocessing": clf.preprocessing.mode, "training_phashes": []})
+    return path
+
+
+# ---------------------------------------------------------------- 1. special files: listed, never read
+
+
+def test_prepare_lists_special_files_and_loops_and_never_waits(skin_raw, tmp_path, special_files):
+    folder = paths.raw_dir("skin") / "train/benign"
+    expected = special_files(folder, tmp_path / "outside")
+    within_limit(prepare_dataset, "skin", fifos=[folder / "pipe.jpg"])
+    rejected = pd.read_csv(paths.rejected_csv("skin"))
+    reasons = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    for name, words in expected.items():
+        assert words in reasons[f"data/raw/skin/train/benign/{name}"], (name, reasons)
+    assert "never read" in reasons["data/raw/skin/train/benign/pipe.jpg"]
+    index = read_index("skin")
+    linked = index[index["path"] == "data/raw/skin/train/benign/elsewhere/linked.jpg"]  # a folder outside: read
+    assert linked["label"].tolist() == ["benign"]
+
+
+def test_predict_skips_special_files_and_never_waits(tiny_model, tmp_path, special_files):
+    from tlrepro.modeling.predict import predict_folder
+
+    folder = tmp_path / "to-label"
+    write_image(folder / "good.png", seed=5)
+    expected = special_files(folder / "odd", tmp_path / "outside")
+    _, table, rejected = within_limit(predict_folder, tiny_model, folder, out=tmp_path / "p.csv", progress=False,
+                                      fifos=[folder / "odd/pipe.jpg"])
+    assert sorted(table["path"]) == ["good.png", "odd/elsewhere/linked.jpg"]
+    reasons = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    for name, words in expected.items():
+        assert words in reasons[f"odd/{name}"], (name, reasons)
+
+
+def test_download_lists_what_it_skips_and_copies_only_regular_files(tmp_project, kaggle_mirror, monkeypatch,
+                                                                      capsys, special_files):
+    source = kaggle_mirror / SKIN
+    expected = special_files(source / "odd", kaggle_mirror.parent / "outside")
+    monkeypatch.setenv("KAGGLE_MIRROR", str(kaggle_mirror))
+    code, out, err = within_limit(run_cli, capsys, "download", "skin", fifos=[source / "odd/pipe.jpg"])
+    assert code == 0, err
+    for name, words in expected.items():
+        line = next(line for line in out.splitlines() if line.startswith(f"skipped odd/{name}:"))
+        assert words in line, line
+    copied = paths.raw_dir("skin") / "odd"
+    assert sorted(p.name for p in copied.rglob("*")) == ["elsewhere", "linked.jpg"]
+    assert all(p.is_dir() or (p.is_file() and not p.is_symlink()) for p in copied.rglob("*"))
+
+
+# ---------------------------------------------------------------- 2. OSError at a file boundary: one line
+
+
+def test_an_unreadable_mirror_file_is_one_line_and_keeps_the_previous_download(tmp_project, kaggle_mirror,
+                                                                                monkeypatch, capsys):
+    old = paths.raw_dir("skin") / "old.jpg"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"previous download")
+    locked = kaggle_mirror / SKIN / "train/Benign/b1.jpg"
+    deny(monkeypatch, locked)
+    monkeypatch.setenv("KAGGLE_MIRROR", str(kaggle_mirror))
+    code, _, err = run_cli(capsys, "download", "skin")
+    assert code == 2
+    one_line(err, f"Cannot read {locked} (Permission denied)", "chmod", "data/raw/skin was left as it was")
+    assert [p.name for p in paths.raw_dir("skin").iterdir()] == ["old.jpg"]
+
+
+def test_unreadable_params_and_index_are_one_line(tmp_project, skin_raw, monkeypatch, tmp_path):
+    prepare_dataset("skin")
+    params = tmp_path / "locked" / "params.yaml"  # not the cached one
+    params.parent.mkdir()
+    params.write_bytes(paths.PARAMS_FILE.read_bytes())
+    deny(monkeypatch, params, paths.index_csv("skin"))
+    with pytest.raises(UserError, match=r"params.yaml cannot be read \(Permission denied\): make it readable"):
+        config.load_params(params)
+    with pytest.raises(UserError, match=r"data/index/skin.csv cannot be read \(Permission denied\)"):
+        read_index("skin")
