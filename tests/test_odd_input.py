@@ -1,6 +1,7 @@
 """Issue 21: no input hangs or crashes a command, a card that disagrees with its model is refused, and odd data
 is named, not guessed. FIFOs, sockets, device links and looping links in the folders that predict, prepare and
-download read; unreadable files. Any call that could wait on a FIFO runs under a time limit."""
+download read; unreadable files; cards that disagree with their model. Any call that could wait on a FIFO runs
+under a time limit."""
 
 from __future__ import annotations
 
@@ -217,3 +218,26 @@ def test_unreadable_params_and_index_are_one_line(tmp_project, skin_raw, monkeyp
         config.load_params(params)
     with pytest.raises(UserError, match=r"data/index/skin.csv cannot be read \(Permission denied\)"):
         read_index("skin")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"image_size": 64}, "says tiny.keras takes 64x64x3 images, but the model takes 32x32x3"),
+    ({"classes": ["a", "b", "c"]}, "names 3 classes (a, b, c), which needs 3 output unit(s), but tiny.keras has 1"),
+    ({"preprocessing": "caffe"}, "preprocesses images as `caffe`, but the model has preprocessing `unit`"),
+    ({"threshold": None}, "gives no decision threshold between 0 and 1 (None)"),
+])
+def test_a_card_that_disagrees_with_its_model_is_refused_before_any_image(tiny_model, tmp_path, monkeypatch,
+                                                                          capsys, change, expected):
+    from tlrepro.modeling import predict
+
+    copy = tmp_path / "m" / "tiny.keras"
+    copy.parent.mkdir()
+    copy.write_bytes(tiny_model.read_bytes())
+    card = {**json.loads(paths.card_of(tiny_model).read_text()), **change}
+    paths.card_of(copy).write_text(json.dumps(card))
+    write_image(tmp_path / "images" / "a.png", seed=1)
+    read = []
+    monkeypatch.setattr(predict, "_decode_file", lambda *a: read.append(a) or pytest.fail("an image was read"))
+    code, _, err = run_cli(capsys, "predict", str(copy), str(tmp_path / "images"), "--out", str(tmp_path / "p.csv"))
+    assert code == 2 and not read
+    one_line(err, "tiny.card.json", expected, "re-run the study that saved the model")
