@@ -1,7 +1,7 @@
 """Issue 21: no input hangs or crashes a command, a card that disagrees with its model is refused, and odd data
 is named, not guessed. FIFOs, sockets, device links and looping links in the folders that predict, prepare and
-download read; unreadable files; cards that disagree with their model. Any call that could wait on a FIFO runs
-under a time limit."""
+download read; unreadable files; cards that disagree with their model; strict settings and safe row names.
+Any call that could wait on a FIFO runs under a time limit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_image
+import yaml
+from conftest import REPO, write_image
 
 from tlrepro import cli
 from tlrepro.core import config, paths
@@ -241,3 +242,70 @@ def test_a_card_that_disagrees_with_its_model_is_refused_before_any_image(tiny_m
     code, _, err = run_cli(capsys, "predict", str(copy), str(tmp_path / "images"), "--out", str(tmp_path / "p.csv"))
     assert code == 2 and not read
     one_line(err, "tiny.card.json", expected, "re-run the study that saved the model")
+
+
+# ---------------------------------------------------------------- 3. strict settings, safe row names
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def params_from(tmp_path: Path, text: str) -> config.Params:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return config.load_params(path)
+
+
+def with_change(dotted: str, value: object) -> str:
+    params = json.loads(json.dumps(BASE))
+    node = params
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+@pytest.mark.parametrize(("dotted", "value", "expected"), [
+    ("studies.lin2024.repeats", "3",
+     "`studies.lin2024.repeats` = '3': Input should be a valid integer (written as text: remove the quotes)."),
+    ("studies.mobilenet2025.rows.frozen.learning_rate", "0.001",
+     "learning_rate` = '0.001': Input should be a valid number (written as text: remove the quotes)."),
+    ("studies.kumar2022.defaults.epochs", 20.0, "epochs` = 20.0: Input should be a valid integer"),
+    ("studies.kumar2022.defaults.batch_size", True, "batch_size` = True: Input should be a valid integer"),
+    ("seed", "42", "`seed` = '42': Input should be a valid integer"),
+])
+def test_a_number_written_as_text_is_refused(tmp_path, dotted, value, expected):
+    with pytest.raises(UserError) as caught:
+        params_from(tmp_path, with_change(dotted, value))
+    assert expected in str(caught.value), str(caught.value)
+
+
+def test_yaml_numbers_work_as_written(tmp_path):
+    text = with_change("studies.mobilenet2025.rows.frozen.learning_rate", 1)  # an integer where a float goes
+    assert "learning_rate: 1.0e-05" in text and "confidence: 0.95" in text
+    # YAML 1.1 reads 1e-05 (no dot, as DVC writes a -S value) as text; it is the number
+    text = text.replace("learning_rate: 1.0e-05", "learning_rate: 1e-05").replace("confidence: 0.95", "confidence: 9e-1")
+    params = params_from(tmp_path, text)
+    assert params.study("mobilenet2025").row("frozen").learning_rate == 1.0
+    assert params.study("mobilenet2025").row("finetune").learning_rate == 1e-5
+    assert params.evaluation.confidence == 0.9
+
+
+@pytest.mark.parametrize(("where", "name", "expected"), [
+    ("rows", "a/b", "row name `a/b` cannot be part of a file name or URL"),
+    ("rows", "../up", "row name `../up`"),
+    ("rows", "with space", "row name `with space`"),
+    ("protocols", "x/y", "protocol name `x/y` cannot be part of a file name or URL"),
+])
+def test_row_and_protocol_names_are_safe_in_paths_and_urls(tmp_path, where, name, expected):
+    params = json.loads(json.dumps(BASE))
+    entries = params["studies"]["mobilenet2025"][where]
+    first = next(iter(entries))
+    params["studies"]["mobilenet2025"][where] = {name: entries[first], **{k: v for k, v in entries.items()
+                                                                          if k != first}}
+    if where == "rows":
+        params["studies"]["mobilenet2025"]["rows"]["finetune"]["start_from"] = name
+    with pytest.raises(UserError) as caught:
+        params_from(tmp_path, yaml.safe_dump(params, sort_keys=False))
+    message = str(caught.value)
+    assert f"`studies.mobilenet2025.{where}`" in message and expected in message, message
