@@ -1,7 +1,8 @@
 """Issue 21: no input hangs or crashes a command, a card that disagrees with its model is refused, and odd data
 is named, not guessed. FIFOs, sockets, device links and looping links in the folders that predict, prepare and
-download read; unreadable files; cards that disagree with their model; strict settings and safe row names.
-Any call that could wait on a FIFO runs under a time limit."""
+download read; unreadable files; strict settings and safe row names; BreakHis magnifications and class folders,
+empty class folders, missing magnifications and stain normalization of blank images, in the stage output, the
+warnings file and the report. Any call that could wait on a FIFO runs under a time limit."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, write_image
+from conftest import REPO, build_breakhis_tree, build_lc25000_tree, write_image
 
 from tlrepro import cli
 from tlrepro.core import config, paths
 from tlrepro.core.errors import UserError
+from tlrepro.data.derive import derive_dataset
 from tlrepro.data.index import prepare_dataset, read_index
 from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.data.stain import StainNormalizer
 
 SKIN = "fanconic/skin-cancer-malignant-vs-benign"
 LIMIT_S = 60  # far above what any call here needs; a call still running then is waiting on a FIFO
@@ -309,3 +313,109 @@ def test_row_and_protocol_names_are_safe_in_paths_and_urls(tmp_path, where, name
         params_from(tmp_path, yaml.safe_dump(params, sort_keys=False))
     message = str(caught.value)
     assert f"`studies.mobilenet2025.{where}`" in message and expected in message, message
+
+
+# ---------------------------------------------------------------- 4. data sanity, in the output and the report
+
+
+def test_breakhis_oddities_are_rejected_named_and_recorded(tmp_project, capsys):
+    build_breakhis_tree(paths.raw_dir("breakhis"))
+    base = paths.raw_dir("breakhis") / "BreaKHis_v1/histology_slides/breast"
+    patient = base / "benign/SOB/adenosis/SOB_B_A_14-22549AB"
+    write_image(patient / "0X/SOB_B_A-14-22549AB-0-001.png", seed=901)
+    write_image(patient / "100X/SOB_B_A-14-22549AB-99999999999999999999-002.png", seed=902)
+    write_image(base / "malignant/SOB/ductal_carcinoma/SOB_M_DC_14-12312/100X/SOB_B_A-14-22549AB-100-009.png", 903)
+    prepare_dataset("breakhis")
+    out = capsys.readouterr().out
+    rejected = pd.read_csv(paths.rejected_csv("breakhis")).set_index("path")["reason"]
+    by_name = {p.rsplit("/", 1)[-1]: r for p, r in rejected.items()}
+    assert by_name["SOB_B_A-14-22549AB-0-001.png"].startswith(
+        "magnification 0X in the file name is not one of BreakHis's 40X, 100X, 200X, 400X")
+    assert "magnification 99999999999999999999X" in by_name["SOB_B_A-14-22549AB-99999999999999999999-002.png"]
+    assert by_name["SOB_B_A-14-22549AB-100-009.png"] == (
+        "name and folder disagree on the class: the name says benign (SOB_B), the folder `malignant` says "
+        "malignant: move the file or correct its name")
+    warnings = {w["check"]: w for w in recorded_warnings("breakhis")}
+    assert warnings["magnification"]["count"] == 2 and warnings["class_disagreement"]["count"] == 1
+    missing = warnings["magnifications_missing"]
+    assert missing["examples"] == ["200X", "400X"]
+    assert missing["message"] == ("magnifications present: 40X (5 images), 100X (30 images); missing: 200X, 400X "
+                                  "(BreakHis has 40X, 100X, 200X, 400X): nothing can be measured at those")
+    for w in warnings.values():
+        assert f"warning: {w['message']}" in out
+    index = read_index("breakhis")
+    assert not index["path"].str.contains("-0-001|99999|100-009").any()
+
+
+def test_an_empty_class_folder_is_named(tmp_project, capsys):
+    build_lc25000_tree(paths.raw_dir("lc25000"))
+    empty = paths.raw_dir("lc25000") / "lung_colon_image_set/lung_image_sets/lung_n"
+    for image in empty.iterdir():
+        image.unlink()
+    prepare_dataset("lc25000")
+    out = capsys.readouterr().out
+    (found,) = recorded_warnings("lc25000")
+    assert found["check"] == "empty_folder"
+    assert found["examples"] == ["data/raw/lc25000/lung_colon_image_set/lung_image_sets/lung_n"]
+    assert ("warning: 1 empty class folder(s) with no image, beside folders that hold images: "
+            "data/raw/lc25000/lung_colon_image_set/lung_image_sets/lung_n: check the download") in out
+
+
+def test_a_complete_copy_has_no_warnings(tmp_project):
+    build_lc25000_tree(paths.raw_dir("lc25000"))
+    prepare_dataset("lc25000")
+    assert recorded_warnings("lc25000") == []
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+@pytest.mark.parametrize(("fill", "words"), [(0, "blank image"), (128, "blank image"), ("half", "saturated image")])
+def test_blank_and_saturated_images_keep_their_colours(method, fill, words):
+    from test_stain import REFERENCE, SOURCE
+
+    if fill == "half":
+        image = SOURCE.copy()
+        image[:40] = 0
+    else:
+        image = np.full((64, 64, 3), fill, np.uint8)
+    result = StainNormalizer(method, REFERENCE).normalize(image)
+    assert not result.normalized and result.reason.startswith(words) and result.image is image
+
+
+def test_derive_counts_stain_fallbacks_and_keeps_the_source_warnings(tmp_project, capsys):
+    build_breakhis_tree(paths.raw_dir("breakhis"))
+    black = (paths.raw_dir("breakhis") / "BreaKHis_v1/histology_slides/breast/benign/SOB/fibroadenoma/"
+             "SOB_B_F_14-9133/100X/SOB_B_F-14-9133-100-009.png")
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(black)
+    prepare_dataset("breakhis")
+    capsys.readouterr()
+    derive_dataset("breakhis_stain")
+    out = capsys.readouterr().out
+    stain = pd.read_csv(paths.INDEX / "breakhis_stain.stain.csv").set_index("source")
+    assert not stain.loc[paths.relative(black), "normalized"]
+    assert stain.loc[paths.relative(black), "reason"].startswith("blank image")
+    warnings = {(w["dataset"], w["check"]): w for w in recorded_warnings("breakhis_stain")}
+    fallback = warnings[("breakhis_stain", "stain_fallback")]
+    assert paths.relative(black) in fallback["examples"] and "1 blank image" in fallback["message"]
+    assert ("breakhis", "magnifications_missing") in warnings
+    assert f"warning: {fallback['message']}" in out and "warning (breakhis): magnifications present" in out
+    derived = paths.derived_dir("breakhis_stain") / black.relative_to(paths.raw_dir("breakhis")).with_suffix(".png")
+    assert np.asarray(Image.open(derived)).max() == 0  # kept in its original colours: still black
+
+
+def test_the_report_shows_the_data_warnings_and_the_missing_magnifications(tmp_project):
+    from types import SimpleNamespace
+
+    from tlrepro.reports import sections
+
+    build_breakhis_tree(paths.raw_dir("breakhis"))
+    prepare_dataset("breakhis")
+    study = SimpleNamespace(dataset="breakhis", paper={"rows": {"DenseNet": {"image_accuracy_40x": 0.7,
+                                                                             "patient_accuracy_400x": 0.8,
+                                                                             "model_size_mb": 80}}},
+                            split=read_index("breakhis"))
+    frame = sections.data_warnings(study)
+    assert list(frame["check"]) == ["magnifications missing", "magnifications the paper reports on"]
+    assert frame["what"].iloc[1] == ("the paper reports on 40X, 400X; this run's data has 40X, 100X, so nothing "
+                                     "at 400X")

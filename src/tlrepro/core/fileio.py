@@ -104,13 +104,16 @@ def write_bytes(target: Path | str, data: bytes) -> Path:
     return Path(target)
 
 
-def write_json(target: Path | str, data: Any) -> Path:
-    """Stable JSON (sorted keys, no NaN) so equal results give equal bytes."""
+def json_text(data: Any, target: Path | str) -> str:
+    """Stable JSON (sorted keys, no NaN) so equal results give equal bytes; `target` names it in the error."""
     try:
-        text = json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     except ValueError as exc:  # a NaN or infinity: a degenerate result must not replace a good one
         raise UserError(f"Refusing to write {target}: {exc} (a degenerate result); nothing was changed.") from None
-    return write_text(target, text)
+
+
+def write_json(target: Path | str, data: Any) -> Path:
+    return write_text(target, json_text(data, target))
 
 
 def write_csv(target: Path | str, frame: Any) -> Path:

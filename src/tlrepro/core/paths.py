@@ -83,6 +83,11 @@ def duplicates_csv(key: str) -> Path:
     return INDEX / f"{key}.duplicates.csv"
 
 
+def warnings_json(key: str) -> Path:
+    """What prepare / derive found odd about a dataset (tlrepro.data.sanity), for the stage output and reports."""
+    return INDEX / f"{key}.warnings.json"
+
+
 def overlap_json() -> Path:
     return DATA / "overlap.json"
 

@@ -12,11 +12,12 @@ The three files are replaced only when the whole index is good: a failed prepare
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from tlrepro.core import config, fileio, inputs, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
+from tlrepro.data import sanity
 from tlrepro.data.images import UNSUPPORTED_EXTENSIONS, ImageInfo, inspect_image, is_image_file
 
 SOURCE_SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
@@ -80,10 +82,10 @@ def _unusable_reason(rel: PurePosixPath) -> str:
     return f"not an image file ({suffix or 'no extension'})"
 
 
-def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(index, rejected, duplicates) frames for the files under `folder`; paths relative to `root`."""
-    files, rejected, containers, _ = scan(folder)
+def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None = None, key: str = ""
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """(index, rejected, duplicates, warnings) for the files under `folder`; paths relative to `root`."""
+    files, rejected, containers, folders = scan(folder)
     prefix = PurePosixPath(Path(os.path.relpath(folder, root)).as_posix())
     rejected = [{"path": str(prefix / p["path"]), "reason": p["reason"]} for p in rejected]
     labelled = []
@@ -109,7 +111,10 @@ def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None
     columns = INDEX_COLUMNS[:2] + list(lab.extra_columns(scheme)) + INDEX_COLUMNS[2:]
     index, duplicates = drop_duplicates(pd.DataFrame(rows, columns=columns))
     rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", ignore_index=True)
-    return index, rejected_frame, duplicates
+    warnings = (sanity.rejected_warnings(key, rejected_frame)
+                + sanity.empty_folders(key, folders, [f for f in files if is_image_file(f.name)], scheme, prefix)
+                + sanity.magnification_coverage(key, index))
+    return index, rejected_frame, duplicates, warnings
 
 
 def drop_duplicates(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -150,10 +155,12 @@ def prepare_dataset(key: str) -> pd.DataFrame:
     folder = paths.raw_dir(key)
     if not folder.is_dir():
         raise UserError(f"{paths.relative(folder)} not found: run `dvc repro download@{key}` first.")
-    index, rejected, duplicates = build_index(folder, settings.labels, paths.PROJECT_ROOT, settings.classes)
+    index, rejected, duplicates, warnings = build_index(folder, settings.labels, paths.PROJECT_ROOT,
+                                                       settings.classes, key)
     _print_summary(key, index, rejected, duplicates)
+    sanity.print_warnings(key, warnings)
     check_index(key, index, rejected)
-    write_index(key, index, rejected, duplicates)
+    write_index(key, index, rejected, duplicates, warnings)
     return index
 
 
@@ -171,13 +178,16 @@ def check_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame) -> None:
                         f"or params.yaml `datasets.{key}`. The previous index was kept.")
 
 
-def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicates: pd.DataFrame) -> None:
-    """The three files, each written aside first, renamed into place together."""
+def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicates: pd.DataFrame,
+                warnings: list[dict[str, Any]]) -> None:
+    """The three CSV files and the warnings, each written aside first, renamed into place together."""
     targets = [(paths.index_csv(key), index), (paths.rejected_csv(key), rejected),
                (paths.duplicates_csv(key), duplicates)]
-    with fileio.atomic_path(targets[0][0]) as a, fileio.atomic_path(targets[1][0]) as b, fileio.atomic_path(targets[2][0]) as c:
-        for tmp, (_, frame) in zip((a, b, c), targets, strict=True):
-            frame.to_csv(tmp, index=False, lineterminator="\n")
+    warnings_text = fileio.json_text(sanity.document(key, warnings), paths.warnings_json(key))
+    with contextlib.ExitStack() as stack:
+        for target, frame in targets:
+            frame.to_csv(stack.enter_context(fileio.atomic_path(target)), index=False, lineterminator="\n")
+        stack.enter_context(fileio.atomic_path(paths.warnings_json(key))).write_text(warnings_text)
 
 
 def read_index(key: str) -> pd.DataFrame:
