@@ -155,7 +155,7 @@ def test_stray_images_and_unreadable_folders_are_reported(lc25000_raw, tmp_proje
         return real_scandir(path)
 
     monkeypatch.setattr(index_module.os, "scandir", scandir)
-    files, problems, _ = scan(paths.raw_dir("lc25000"))
+    files, problems, _, _ = scan(paths.raw_dir("lc25000"))
     assert problems == [{"path": "lung_colon_image_set/colon_image_sets/colon_n",
                          "reason": "unreadable folder: Permission denied"}]
     assert not any("colon_n/" in str(f) for f in files)

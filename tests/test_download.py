@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -51,14 +50,14 @@ def test_mirror_copy(tmp_project, kaggle_mirror, monkeypatch):
 
 def test_interrupted_copy_leaves_nothing_half_written(tmp_project, kaggle_mirror, monkeypatch):
     monkeypatch.setenv("KAGGLE_MIRROR", str(kaggle_mirror))
-    copied, real_copy = [], shutil.copy2
+    copied, real_copy = [], download._copy_file
 
     def failing_copy(src, dst):
         if len(copied) == 3:
             raise KeyboardInterrupt
         copied.append(real_copy(src, dst))
 
-    monkeypatch.setattr(download.shutil, "copy2", failing_copy)
+    monkeypatch.setattr(download, "_copy_file", failing_copy)
     with pytest.raises(KeyboardInterrupt):
         download_dataset("skin")
     assert os.listdir(paths.RAW) == []

@@ -90,11 +90,19 @@ def test_unusable_output_falls_back(monkeypatch: pytest.MonkeyPatch, output: np.
     assert not result.normalized and words in result.reason and result.image is SOURCE
 
 
-def test_a_flat_tissue_colour_falls_back_instead_of_turning_black() -> None:
-    # torchstain's Reinhard divides by each channel's spread: 0/0 here, which it would cast to black.
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_a_flat_tissue_colour_falls_back_as_blank(method: str) -> None:
+    # Reinhard would divide by each channel's spread (0/0, cast to black); Macenko paints it one reference colour.
     flat = np.full((64, 64, 3), (150, 60, 160), np.uint8)
-    result = StainNormalizer("reinhard", REFERENCE).normalize(flat)
-    assert not result.normalized and "FloatingPointError" in result.reason and result.image is flat
+    result = StainNormalizer(method, REFERENCE).normalize(flat)
+    assert not result.normalized and result.reason.startswith("blank image") and result.image is flat
+
+
+def test_a_result_that_came_out_flat_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    normalizer = StainNormalizer("reinhard", REFERENCE)
+    monkeypatch.setattr(normalizer.fitted, "normalize", lambda image: np.full_like(image, 90))
+    result = normalizer.normalize(SOURCE)
+    assert not result.normalized and "made it one flat colour" in result.reason and result.image is SOURCE
 
 
 @pytest.mark.parametrize("image, words", [(SOURCE[..., 0], "grayscale"), (SOURCE[..., :2], "HxWx3"),

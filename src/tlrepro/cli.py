@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file-system failure no step anticipated: still one line naming the path
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot access{where} ({exc.strerror or exc}): check that it exists and is readable "
+              f"(and its folder writable), then run again.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was half-written; run the command again.", file=sys.stderr)
         return 130

@@ -5,6 +5,11 @@ match), checks types and ranges, and holds the one default of each setting. Rows
 study's `defaults`; `Study.row(name)` gives the resolved settings. Failures become one UserError line:
 
     params.yaml `studies.lin2024.protocols.source`: unknown setting `vall`; did you mean `val`?
+
+Types are strict: a number written as text (`repeats: "3"`) is refused, not converted, while YAML's own
+types work as written (an integer where a decimal is expected, `1e-5` without a dot). Names that become
+parts of file paths and URLs (rows, protocols, datasets, ...) are restricted to letters, digits, _ . -.
+The whole schema stays in this one file, over 400 lines, so every setting can be read in one place.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tlrepro.core import paths, stage_reads
+from tlrepro.core import inputs, paths, stage_reads
 from tlrepro.core.errors import UserError
 
 # Backbones the registry (tlrepro.modeling.backbones.BACKBONES) builds; a test keeps the two equal.
@@ -36,12 +41,14 @@ NonNegInt = Annotated[int, Field(ge=0)]
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a file name (models/<study>/<row>.keras) and a URL part
 
 
 class Strict(BaseModel):
     """A params section: unknown keys are errors that suggest the closest known key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: "3" is not silently the number 3 (an int is still accepted where a float is expected)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -299,6 +306,16 @@ class Study(Strict):
     defaults: RowSettings = RowSettings()
     rows: dict[str, RowSettings] = Field(min_length=1)
 
+    @field_validator("rows", "protocols")
+    @classmethod
+    def _names(cls, value: dict, info: Any) -> dict:  # info: pydantic's ValidationInfo
+        what = "row" if info.field_name == "rows" else "protocol"
+        for name in value:
+            if not PATH_PART.match(name):
+                raise ValueError(f"{what} name `{name}` cannot be part of a file name or URL (use letters, digits, "
+                                 f"_ . -; a letter or digit first): rename the {what}")
+        return value
+
     @model_validator(mode="after")
     def _rows_resolve(self) -> Study:
         for name in self.rows:
@@ -436,16 +453,29 @@ def _one_line(exc: ValidationError, path: Path) -> str:
         value = first["input"]
         if not isinstance(value, dict | list):
             shown += f" = {value!r}"
+        if isinstance(value, str) and first["type"] in ("int_type", "float_type", "bool_type"):
+            message += " (written as text: remove the quotes)"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     end = "" if message.endswith(("?", ".")) and not more else "."
     return f"{shown}: {message}{more}{end} Fix it in {paths.relative(path)} (or in your `dvc exp run -S`)."
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's decimals: YAML 1.1 reads `1e-5` (no dot) as text, while people,
+    and DVC when it writes a `-S` value, mean the number."""
+
+
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found: run from the project folder, or set TLREPRO_ROOT to it.")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(inputs.read_regular(path).decode("utf-8"), Loader=_Loader)  # a SafeLoader
+    except OSError as exc:
+        raise UserError(f"{paths.relative(path)} cannot be read ({exc.strerror or exc}): make it readable.") from None
     except UnicodeDecodeError:
         raise UserError(f"{paths.relative(path)} is not a UTF-8 text file: restore it (git checkout params.yaml).") from None
     except yaml.YAMLError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlrepro.core.errors import UserError
+from tlrepro.core.inputs import read_regular
 
 
 def _cannot_write(target: Path, exc: OSError) -> UserError:
@@ -103,13 +104,16 @@ def write_bytes(target: Path | str, data: bytes) -> Path:
     return Path(target)
 
 
-def write_json(target: Path | str, data: Any) -> Path:
-    """Stable JSON (sorted keys, no NaN) so equal results give equal bytes."""
+def json_text(data: Any, target: Path | str) -> str:
+    """Stable JSON (sorted keys, no NaN) so equal results give equal bytes; `target` names it in the error."""
     try:
-        text = json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     except ValueError as exc:  # a NaN or infinity: a degenerate result must not replace a good one
         raise UserError(f"Refusing to write {target}: {exc} (a degenerate result); nothing was changed.") from None
-    return write_text(target, text)
+
+
+def write_json(target: Path | str, data: Any) -> Path:
+    return write_text(target, json_text(data, target))
 
 
 def write_csv(target: Path | str, frame: Any) -> Path:
@@ -150,7 +154,7 @@ def read_json(path: Path | str, what: str = "file") -> Any:
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{relative(path)} not found ({what}).") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

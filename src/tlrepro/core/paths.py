@@ -88,6 +88,11 @@ def derived_json(key: str) -> Path:
     return INDEX / f"{key}.derived.json"
 
 
+def warnings_json(key: str) -> Path:
+    """What prepare / derive found odd about a dataset (tlrepro.data.sanity), for the stage output and reports."""
+    return INDEX / f"{key}.warnings.json"
+
+
 def overlap_json() -> Path:
     return DATA / "overlap.json"
 

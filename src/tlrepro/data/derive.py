@@ -4,7 +4,8 @@ Today the one transform is stain normalization (tlrepro.data.stain): every image
 normalized to a reference image of that dataset and written as PNG under data/derived/<key>/, and
 data/index/<key>.csv indexes the results (labels, patients and source splits carried over, hashes of the
 new pixels, `source_path` pointing at the original). Images where the method fails keep their original
-pixels; data/index/<key>.stain.csv lists every image with what happened to it.
+pixels; data/index/<key>.stain.csv lists every image with what happened to it, and data/index/<key>.warnings.json
+counts those fallbacks beside the source dataset's own warnings (tlrepro.data.sanity).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
+from tlrepro.data import sanity
 from tlrepro.data.images import ImageInfo, inspect_image, load_rgb
 from tlrepro.data.index import drop_duplicates, read_index, write_index
 
@@ -48,6 +50,7 @@ def derive_dataset(key: str) -> pd.DataFrame:
     entry = params.derived[key]
     where = f"derived.{key}.stain"
     source_index = read_index(entry.source)
+    inherited = sanity.read_warnings(entry.source)
     try:
         normalizer = StainNormalizer(entry.stain.method, reference_image(source_index, entry.stain.reference, where))
     except ValueError as exc:
@@ -75,11 +78,13 @@ def derive_dataset(key: str) -> pd.DataFrame:
     rejected = pd.DataFrame(rejected, columns=["path", "reason"])
     stain = pd.DataFrame([{"source": paths.relative(r["source"]), "normalized": r["normalized"],
                            "reason": r["reason"]} for r in report])
-    write_index(key, index, rejected, duplicates)
+    warnings = inherited + sanity.stain_fallbacks(key, stain, paths.relative(stain_report_csv(key)))
+    write_index(key, index, rejected, duplicates, warnings)
     fileio.write_csv(stain_report_csv(key), stain)
     fileio.write_json(paths.derived_json(key), {"from": entry.source, "stain": entry.stain.model_dump(),
                                                 "images": len(index), "kept_original_colours": int((~stain["normalized"].astype(bool)).sum())})
     fell_back = int((~stain["normalized"].astype(bool)).sum())
     print(f"{key}: {len(index)} images from {entry.source}, {entry.stain.method} stain normalization; "
           f"{fell_back} kept their original colours (see {paths.relative(stain_report_csv(key))})")
+    sanity.print_warnings(key, warnings)
     return index

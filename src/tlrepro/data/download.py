@@ -1,9 +1,10 @@
 """Fetching a dataset into data/raw/<key>/, unpacked: from Kaggle, or from an offline mirror.
 
 With $KAGGLE_MIRROR set, `$KAGGLE_MIRROR/<owner>/<slug>/` is copied instead of downloading (the mirror is
-shared and read-only, so files are copied, never linked). Either way the files land in a temporary folder
-beside data/raw/<key> that is renamed into place only when complete: an interrupted run leaves nothing
-half-written. Every failure becomes one UserError line; Kaggle's key never appears in it.
+shared and read-only, so files are copied, never linked). Only regular files are copied: FIFOs, sockets,
+devices, broken and looping links are listed as skipped and never read, and a file that cannot be read stops
+the copy with one line naming it. Either way the files land in a temporary folder beside data/raw/<key> that
+is renamed into place only when complete: an interrupted run leaves nothing half-written. Every failure becomes one UserError line; Kaggle's key never appears in it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import json
 import os
 import shutil
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from tlrepro.core import config, fileio, paths
+from tlrepro.core import config, fileio, inputs, paths
 from tlrepro.core.errors import UserError
 
 CREDENTIALS_HELP = (
@@ -38,13 +39,22 @@ def download_dataset(key: str) -> Path:
     mirror = os.environ.get("KAGGLE_MIRROR")
     if mirror:
         source = _mirror_folder(Path(mirror), slug, key, params)
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        if not files:
+        found = inputs.walk(source)
+        if found.errors:
+            first = found.errors[0]
+            raise UserError(f"Cannot read {source / first['path']} in KAGGLE_MIRROR ({first['reason']}): make it "
+                            f"readable (e.g. chmod -R a+rX), or remove it from the mirror; {paths.relative(target)} was "
+                            f"left as it was.")
+        if not found.files:
             raise UserError(f"KAGGLE_MIRROR holds {slug} as an empty folder ({source}): fill it, or unset "
                             f"KAGGLE_MIRROR to download from Kaggle. {paths.relative(target)} was left as it was.")
         with fileio.atomic_dir(target) as tmp:
-            copy_tree(source, tmp, files)
-        print(f"copied {slug} from {mirror} into {paths.relative(target)}")
+            copy_tree(source, tmp, found.files, shown=target)
+        for entry in found.skipped:
+            print(f"skipped {entry['path']}: {entry['reason']}")
+        print(f"copied {slug} from {mirror} into {paths.relative(target)}"
+              + (f" ({len(found.skipped)} entries skipped, listed above)"
+                 if found.skipped else ""))
     else:
         _require_credentials()
         with fileio.atomic_dir(target) as tmp:
@@ -56,14 +66,34 @@ def download_dataset(key: str) -> Path:
     return target
 
 
-def copy_tree(source: Path, target: Path, files: list[Path] | None = None) -> None:
-    """Copy every file under `source` into `target` with a progress bar; copies are made user-writable."""
-    files = files if files is not None else sorted(p for p in source.rglob("*") if p.is_file())
-    for src in tqdm(files, desc=f"copying {source.name}", unit="file", disable=None):
-        dst = target / src.relative_to(source)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-        dst.chmod(dst.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR)
+def copy_tree(source: Path, target: Path, files: list[PurePosixPath] | None = None, *,
+              shown: Path | None = None) -> None:
+    """Copy regular files under `source` (relative paths; default: every one inputs.walk finds) into `target`,
+    with a progress bar; copies are made user-writable. A file that cannot be read or written is one
+    UserError naming it; `shown` is the folder the messages name instead of a temporary `target`."""
+    files = files if files is not None else inputs.walk(source).files
+    shown = shown or target
+    for rel in tqdm(files, desc=f"copying {source.name}", unit="file", disable=None):
+        src, dst = source / rel, target / rel
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(src, dst)
+            dst.chmod(dst.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.filename and Path(exc.filename) in (dst, dst.parent):
+                raise UserError(f"Cannot write {paths.relative(shown / rel)} ({reason}): free some disk space or make "
+                                f"{paths.relative(shown.parent)} writable, then run again; {paths.relative(shown)} was "
+                                f"left as it was.") from None
+            raise UserError(f"Cannot read {src} ({reason}): make it readable (e.g. chmod a+r), or remove it from "
+                            f"the mirror; {paths.relative(shown)} was left as it was.") from None
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """One regular file with its times; opened by inputs.open_regular, so nothing else is ever waited on."""
+    with inputs.open_regular(src) as handle, open(dst, "wb") as out:
+        shutil.copyfileobj(handle, out)
+    shutil.copystat(src, dst)
 
 
 def mirrored_slugs(mirror: Path) -> list[str]:
@@ -116,7 +146,7 @@ def _secrets() -> list[str]:
     token_file = Path(values[1]) if values[1] and len(values[1]) < 4096 else None  # the token may be a path
     for path in _credential_files() + ([token_file] if token_file else []):
         with contextlib.suppress(OSError, ValueError):
-            text = path.read_text().strip()
+            text = inputs.read_regular(path).decode().strip()
             values.append(text)
             with contextlib.suppress(ValueError, AttributeError):
                 values.extend(str(v) for v in json.loads(text).values())

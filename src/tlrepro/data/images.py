@@ -18,6 +18,7 @@ import numpy as np
 import scipy.fft
 from PIL import Image
 
+from tlrepro.core import inputs
 from tlrepro.core.errors import UserError
 
 # Formats prepare accepts (by extension, then by what the bytes really are) and the ones it names when rejecting.
@@ -78,7 +79,7 @@ def phash_of(rgb: Image.Image) -> str:
 def inspect_image(path: Path | str) -> ImageInfo | str:
     """The image's facts, or a one-line reason why it cannot be used (empty, truncated, not an image...)."""
     try:
-        data = Path(path).read_bytes()
+        data = inputs.read_regular(path)  # never waits on a FIFO swapped in since the folder was scanned
     except OSError as exc:
         return f"unreadable file: {exc.strerror or exc}"
     return inspect_bytes(data)

@@ -12,17 +12,20 @@ The three files are replaced only when the whole index is good: a failed prepare
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
 
-from tlrepro.core import config, fileio, paths
+from tlrepro.core import config, fileio, inputs, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
+from tlrepro.data import sanity
 from tlrepro.data.images import UNSUPPORTED_EXTENSIONS, ImageInfo, inspect_image, is_image_file
 
 SOURCE_SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
@@ -38,45 +41,38 @@ def source_split_of(relative: PurePosixPath) -> str:
     return next((SOURCE_SPLITS[f] for f in reversed(folders) if f in SOURCE_SPLITS), "")
 
 
-def _printable(path: str) -> str:
-    """A path whose name is not valid UTF-8, written so a CSV can hold it (undecodable bytes as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
 
-def scan(folder: Path) -> tuple[list[PurePosixPath], list[dict], set[PurePosixPath]]:
-    """(files, problems, folders that hold image folders) under `folder`, sorted; hidden entries skipped.
+class Scan(NamedTuple):
+    files: list[PurePosixPath]  # regular files with UTF-8 names, in os.walk's top-down sorted order
+    problems: list[dict]  # {path, reason}: special files, bad links, unreadable folders, undecodable names
+    containers: set[PurePosixPath]  # folders that hold folders of images
+    folders: list[PurePosixPath]  # every folder walked
+
+
+def scan(folder: Path) -> Scan:
+    """What is under `folder`, hidden entries skipped (tlrepro.core.inputs.walk: nothing but regular files
+    is ever read; FIFOs, sockets, devices, broken and looping links are problems with their reason).
 
     Unreadable folders and file names that are not valid UTF-8 become problems (path, reason), never a crash.
     """
+    found = inputs.walk(folder, skip=_hidden)
     files: list[PurePosixPath] = []
-    problems: list[dict] = []
+    problems: list[dict] = list(found.problems)
     image_dirs: set[PurePosixPath] = set()
-
-    def unreadable(exc: OSError) -> None:
-        rel = os.path.relpath(exc.filename, folder) if exc.filename else str(folder)
-        problems.append({"path": _printable(rel), "reason": f"unreadable folder: {exc.strerror or exc}"})
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        rel_dir = PurePosixPath(Path(dirpath).relative_to(folder).as_posix())
-        for name in sorted(filenames):
-            if _hidden(name):
-                continue
-            rel = rel_dir / name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append({"path": _printable(str(rel)), "reason": "file name is not valid UTF-8: rename it"})
-                continue
-            files.append(rel)
-            if is_image_file(name):
-                image_dirs.add(rel_dir)
+    for rel in found.files:
+        try:
+            rel.name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append({"path": inputs.printable(rel), "reason": "file name is not valid UTF-8: rename it"})
+            continue
+        files.append(rel)
+        if is_image_file(rel.name):
+            image_dirs.add(rel.parent)
     containers = {parent for d in image_dirs for parent in d.parents if parent != d} & image_dirs
-    return files, problems, containers
+    return Scan(files, problems, containers, found.folders)
 
 
 def _unusable_reason(rel: PurePosixPath) -> str:
@@ -86,10 +82,10 @@ def _unusable_reason(rel: PurePosixPath) -> str:
     return f"not an image file ({suffix or 'no extension'})"
 
 
-def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(index, rejected, duplicates) frames for the files under `folder`; paths relative to `root`."""
-    files, rejected, containers = scan(folder)
+def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None = None, key: str = ""
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """(index, rejected, duplicates, warnings) for the files under `folder`; paths relative to `root`."""
+    files, rejected, containers, folders = scan(folder)
     prefix = PurePosixPath(Path(os.path.relpath(folder, root)).as_posix())
     rejected = [{"path": str(prefix / p["path"]), "reason": p["reason"]} for p in rejected]
     labelled = []
@@ -115,7 +111,10 @@ def build_index(folder: Path, scheme: str, root: Path, classes: list[str] | None
     columns = INDEX_COLUMNS[:2] + list(lab.extra_columns(scheme)) + INDEX_COLUMNS[2:]
     index, duplicates = drop_duplicates(pd.DataFrame(rows, columns=columns))
     rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", ignore_index=True)
-    return index, rejected_frame, duplicates
+    warnings = (sanity.rejected_warnings(key, rejected_frame)
+                + sanity.empty_folders(key, folders, [f for f in files if is_image_file(f.name)], scheme, prefix)
+                + sanity.magnification_coverage(key, index))
+    return index, rejected_frame, duplicates, warnings
 
 
 def drop_duplicates(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -156,10 +155,12 @@ def prepare_dataset(key: str) -> pd.DataFrame:
     folder = paths.raw_dir(key)
     if not folder.is_dir():
         raise UserError(f"{paths.relative(folder)} not found: run `dvc repro download@{key}` first.")
-    index, rejected, duplicates = build_index(folder, settings.labels, paths.PROJECT_ROOT, settings.classes)
+    index, rejected, duplicates, warnings = build_index(folder, settings.labels, paths.PROJECT_ROOT,
+                                                       settings.classes, key)
     _print_summary(key, index, rejected, duplicates)
+    sanity.print_warnings(key, warnings)
     check_index(key, index, rejected)
-    write_index(key, index, rejected, duplicates)
+    write_index(key, index, rejected, duplicates, warnings)
     return index
 
 
@@ -177,13 +178,16 @@ def check_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame) -> None:
                         f"or params.yaml `datasets.{key}`. The previous index was kept.")
 
 
-def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicates: pd.DataFrame) -> None:
-    """The three files, each written aside first, renamed into place together."""
+def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicates: pd.DataFrame,
+                warnings: list[dict[str, Any]]) -> None:
+    """The three CSV files and the warnings, each written aside first, renamed into place together."""
     targets = [(paths.index_csv(key), index), (paths.rejected_csv(key), rejected),
                (paths.duplicates_csv(key), duplicates)]
-    with fileio.atomic_path(targets[0][0]) as a, fileio.atomic_path(targets[1][0]) as b, fileio.atomic_path(targets[2][0]) as c:
-        for tmp, (_, frame) in zip((a, b, c), targets, strict=True):
-            frame.to_csv(tmp, index=False, lineterminator="\n")
+    warnings_text = fileio.json_text(sanity.document(key, warnings), paths.warnings_json(key))
+    with contextlib.ExitStack() as stack:
+        for target, frame in targets:
+            frame.to_csv(stack.enter_context(fileio.atomic_path(target)), index=False, lineterminator="\n")
+        stack.enter_context(fileio.atomic_path(paths.warnings_json(key))).write_text(warnings_text)
 
 
 def read_index(key: str) -> pd.DataFrame:
@@ -193,6 +197,9 @@ def read_index(key: str) -> pd.DataFrame:
         raise UserError(f"{paths.relative(path)} not found: run `dvc repro prepare@{key}` first.")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise UserError(f"{paths.relative(path)} cannot be read ({exc.strerror or exc}): make it readable, or "
+                        f"re-run `dvc repro prepare@{key}`.") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{paths.relative(path)} is not a readable index ({' '.join(str(exc).split())[:120]}): "
                         f"re-run `dvc repro prepare@{key}`.") from None

@@ -36,6 +36,10 @@ BREAKHIS_NAME = re.compile(
     r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)-(?P<patient>\d+-\d+[A-Z]*)-(?P<magnification>\d+)-\d+$"
 )
 BREAKHIS_COLUMNS = ("subtype", "subtype_name", "patient", "magnification")
+BREAKHIS_MAGNIFICATIONS = (40, 100, 200, 400)  # the microscope's objectives: every BreakHis image is one
+# Rejection reasons that data sanity (tlrepro.data.sanity) counts as warnings start with these words.
+BAD_MAGNIFICATION = "magnification"
+CLASS_DISAGREEMENT = "name and folder disagree"
 SCHEMES = ("binary", "folder", "breakhis")
 
 
@@ -55,8 +59,30 @@ def parse_breakhis_name(name: str) -> dict | str:
     label, subtype_name = BREAKHIS_SUBTYPES[code]
     if label[0].upper() != match["cls"]:
         return f"file name says {match['cls']} but subtype {code} is {label}"
+    magnification = int(match["magnification"])
+    if magnification not in BREAKHIS_MAGNIFICATIONS:
+        return (f"{BAD_MAGNIFICATION} {magnification}X in the file name is not one of BreakHis's "
+                f"{magnifications_text(BREAKHIS_MAGNIFICATIONS)}: check the file")
     return {"label": label, "subtype": code, "subtype_name": subtype_name, "patient": match["patient"],
-            "magnification": int(match["magnification"])}
+            "magnification": magnification}
+
+
+def magnifications_text(values: Sequence[int]) -> str:
+    return ", ".join(f"{m}X" for m in sorted(values))
+
+
+def _breakhis_label(relative: PurePath) -> dict | str:
+    """A BreakHis file's fields from its name, refused when a benign/malignant folder above it says otherwise:
+    which of the two is right cannot be told from the file, so it is not guessed."""
+    fields = parse_breakhis_name(relative.name)
+    if isinstance(fields, str):
+        return fields
+    folder = next((part for part in reversed(relative.parts[:-1]) if part.lower() in BINARY_CLASSES), None)
+    if folder is not None and folder.lower() != fields["label"]:
+        code = relative.name.split("_")[1]
+        return (f"{CLASS_DISAGREEMENT} on the class: the name says {fields['label']} (SOB_{code}), the folder "
+                f"`{folder}` says {folder.lower()}: move the file or correct its name")
+    return fields
 
 
 def label_of(relative: PurePath, scheme: str, *, container: bool = False,
@@ -80,7 +106,7 @@ def label_of(relative: PurePath, scheme: str, *, container: bool = False,
             return f"folder {label!r} is not one of the dataset's classes ({', '.join(classes)})"
         return {"label": label}
     if scheme == "breakhis":
-        return parse_breakhis_name(relative.name)
+        return _breakhis_label(relative)
     raise ValueError(scheme)
 
 

@@ -14,10 +14,17 @@ all three channels, exactly the pixels torchstain's Macenko keeps to estimate st
 beta=0.15). An image whose tissue fraction is below `min_tissue_fraction` is not normalized, with either
 method: Macenko has too few pixels to estimate stains, and Reinhard would stretch background noise to the
 reference's contrast.
+
+Black counts as tissue by that criterion (its optical density is the highest there is), so two more checks
+keep an image in its original colours, counted as a fallback: a blank image (one flat colour, black, grey or
+any other: nothing to estimate stains from; Macenko would paint it in one of the reference's colours), and a
+saturated one (most of its "tissue" clipped to black). A result that came out as one flat colour from an
+image that was not is refused the same way.
 """
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +34,7 @@ import torchstain
 from PIL import Image
 from tqdm import tqdm
 
-from tlrepro.core import fileio
+from tlrepro.core import fileio, inputs
 
 METHODS = ("macenko", "reinhard")
 # torchstain's Macenko defaults, passed explicitly so the tissue criterion stays in step with it.
@@ -36,6 +43,10 @@ ALPHA = 1
 BETA = 0.15
 # Turn NumPy's silent NaN/inf (e.g. 0/0 on a flat channel, which Reinhard casts to a black image) into errors.
 _FP_ERRORS = {"divide": "raise", "invalid": "raise", "over": "raise"}
+# A channel whose pixel values spread less than this (standard deviation, grey levels) is flat: mere noise.
+FLAT_SPREAD = 3.0
+BLACK = 8  # a pixel with every channel at or below this is clipped black, not stained tissue
+MAX_BLACK_FRACTION = 0.5  # of the tissue pixels; above it the image is saturated
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +62,24 @@ def tissue_fraction(image: np.ndarray) -> float:
     """Fraction of pixels of an HxWx3 RGB image whose optical density is at least BETA in every channel."""
     od = -np.log((image.reshape(-1, 3).astype(np.float64) + 1) / IO)
     return float(np.all(od >= BETA, axis=1).mean())
+
+
+def _spread(image: np.ndarray) -> float:
+    """The largest per-channel standard deviation of an HxWx3 image's pixel values."""
+    return float(image.reshape(-1, 3).std(axis=0).max())
+
+
+def _content_problem(image: np.ndarray) -> str | None:
+    """Why an image with enough tissue pixels still cannot be normalized: blank or saturated, or None."""
+    if (spread := _spread(image)) < FLAT_SPREAD:
+        return f"blank image (one flat colour: pixel values spread {spread:.1f} grey levels)"
+    pixels = image.reshape(-1, 3)
+    od = -np.log((pixels.astype(np.float64) + 1) / IO)
+    tissue = np.all(od >= BETA, axis=1)
+    black = np.all(pixels <= BLACK, axis=1) & tissue
+    if tissue.any() and (share := black.sum() / tissue.sum()) > MAX_BLACK_FRACTION:
+        return f"saturated image ({share:.0%} of its tissue pixels are clipped black)"
+    return None
 
 
 def _shape_problem(image: np.ndarray) -> str | None:
@@ -135,6 +164,8 @@ class StainNormalizer:
         if (fraction := tissue_fraction(image)) < self.min_tissue_fraction:
             return StainResult(image, False, f"too little tissue ({fraction:.2%} of pixels, "
                                              f"minimum {self.min_tissue_fraction:.2%})")
+        if problem := _content_problem(image):
+            return StainResult(image, False, problem)
         try:
             with np.errstate(**_FP_ERRORS):
                 if self.method == "macenko":
@@ -144,6 +175,8 @@ class StainNormalizer:
                 out = _as_uint8(out, image.shape)
         except Exception as exc:
             return StainResult(image, False, f"{self.method} failed: {type(exc).__name__}: {exc}")
+        if _spread(out) < FLAT_SPREAD:
+            return StainResult(image, False, f"{self.method} made it one flat colour: kept as it was")
         return StainResult(out, True, None)
 
 
@@ -155,7 +188,7 @@ def _write_png(image: np.ndarray, target: Path) -> None:
 
 def _normalize_file(source: Path, target: Path, normalizer: StainNormalizer) -> dict:
     try:
-        with Image.open(source) as opened:
+        with Image.open(io.BytesIO(inputs.read_regular(source))) as opened:
             pixels = np.asarray(opened.convert("RGB"))
     # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
     except Exception as exc:

@@ -38,6 +38,8 @@ def save(model: keras.Model, path: Path | str, card: dict[str, Any]) -> tuple[Pa
 def read_card(model_path: Path | str) -> dict[str, Any]:
     """The card beside a model, checked to be a card for exactly this file."""
     model_path = Path(model_path)
+    if model_path.exists() and not model_path.is_file():
+        raise UserError(f"{paths.relative(model_path)} is not a regular file: give a saved .keras model.")
     if not model_path.is_file():
         raise UserError(f"{paths.relative(model_path)} not found: give a saved .keras model (models/<study>/...), "
                         f"or run `dvc repro` for its study.")
@@ -48,7 +50,12 @@ def read_card(model_path: Path | str) -> dict[str, Any]:
     card = fileio.read_json(card_path, "model card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise UserError(f"{paths.relative(card_path)} is not a {CARD_FORMAT} card: re-run the study that saved it.")
-    if card.get("model_sha256") != fileio.file_sha256(model_path):
+    try:
+        digest = fileio.file_sha256(model_path)
+    except OSError as exc:
+        raise UserError(f"{paths.relative(model_path)} cannot be read ({exc.strerror or exc}): make it readable, "
+                        f"then run again.") from None
+    if card.get("model_sha256") != digest:
         raise UserError(f"{paths.relative(card_path)} does not match {model_path.name} (the model file changed "
                         f"after its card was written): re-run the study, or restore the matching pair.")
     return card
@@ -67,7 +74,40 @@ def load(model_path: Path | str) -> tuple[keras.Model, dict[str, Any]]:
     except (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise UserError(f"{paths.relative(model_path)} is not a loadable Keras model ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:160]}).") from None
+    check_agrees(model, card, Path(model_path))
     return model, card
+
+
+def check_agrees(model: keras.Model, card: dict[str, Any], model_path: Path) -> None:
+    """The card must describe this very model: its input size, one output unit per class (one for two
+    classes, with a threshold) and its preprocessing layer; otherwise one line says which, before any image."""
+    where, name = paths.relative(paths.card_of(model_path)), model_path.name
+    fix = "re-run the study that saved the model, or restore the card that belongs to it"
+    size, classes = card.get("image_size"), card.get("classes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UserError(f"{where} gives no usable image_size ({size!r}): {fix}.")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{where} gives no usable classes ({classes!r}): {fix}.")
+    shape = tuple(model.input_shape)
+    if shape[1:] != (size, size, 3):
+        taken = "x".join("any" if d is None else str(d) for d in shape[1:])
+        raise UserError(f"{where} says {name} takes {size}x{size}x3 images, but the model takes {taken}: {fix}.")
+    units, needed = model.output_shape[-1], 1 if len(classes) == 2 else len(classes)
+    if units != needed:
+        raise UserError(f"{where} names {len(classes)} classes ({', '.join(classes)}), which needs {needed} output "
+                        f"unit(s), but {name} has {units}: {fix}.")
+    threshold = card.get("threshold")
+    if needed == 1 and not (isinstance(threshold, int | float) and not isinstance(threshold, bool)
+                            and 0 <= threshold <= 1):
+        raise UserError(f"{where} gives no decision threshold between 0 and 1 ({threshold!r}) for its two classes: "
+                        f"{fix}.")
+    declared = card.get("preprocessing")
+    if declared is not None:
+        layer = next((layer for layer in model.layers if layer.name == "preprocessing"), None)
+        actual = getattr(layer, "mode", None)
+        if actual != declared:
+            has = f"preprocessing `{actual}`" if actual else "no preprocessing layer"
+            raise UserError(f"{where} says {name} preprocesses images as `{declared}`, but the model has {has}: {fix}.")
 
 
 def resolve(name_or_path: str, models_dir: Path | None = None) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tlrepro.core import fileio
+from tlrepro.core import fileio, inputs
 from tlrepro.data.images import decode_image
 
 DEFAULT_ALPHA = 0.4
@@ -203,7 +203,7 @@ def write_overlays(predictor: Any, paths: Sequence[Path | str], out_dir: Path | 
         arrays, keep = [], []
         for path, name in zip(chunk, chunk_names, strict=True):
             try:
-                data = path.read_bytes()
+                data = inputs.read_regular(path)
             except OSError:
                 continue
             array, _, ok, _ = decode_image(data, predictor.size)

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tlrepro.core import fileio, paths
+from tlrepro.core import fileio, inputs, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import images
 from tlrepro.data.index import scan
@@ -36,7 +36,7 @@ DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the
 
 def _decode_file(path: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
     try:
-        data = Path(os.fsdecode(path)).read_bytes()
+        data = inputs.read_regular(os.fsdecode(path))
     except OSError as exc:
         return np.zeros((size, size, 3), np.uint8), np.int64(0), False, f"unreadable file: {exc.strerror or exc}".encode()
     return images.decode_image(data, size)
@@ -163,7 +163,7 @@ class Predictor:
 
 def find_images(folder: Path) -> tuple[list[Path], pd.DataFrame, int]:
     """(image files, rejected files with reasons, count of other files) under `folder`, recursively, sorted."""
-    files, problems, _ = scan(folder)
+    files, problems, _, _ = scan(folder)
     accepted, rejected, other = [], list(problems), 0
     for rel in files:
         if images.is_image_file(rel.name):

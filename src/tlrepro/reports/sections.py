@@ -7,7 +7,7 @@ from the run (its split, its params); nothing here knows a particular study.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from tlrepro.core import paths
+from tlrepro.core import fileio, paths
+from tlrepro.core.errors import UserError
+from tlrepro.data import labels as lab
+from tlrepro.data import sanity
 from tlrepro.data.leakage import MATCH_KINDS
 from tlrepro.results import compare, metrics, plots
 from tlrepro.studies.base import Study
@@ -135,12 +138,44 @@ def data(study: Study, sample: int = 12) -> pd.DataFrame:
     counts["side"] = counts["side"].map(SIDE_NAMES)
     counts["total"] = counts.drop(columns=["protocol", "side"]).sum(axis=1)
     show(table(counts, "Images per protocol, side and class"))
+    data_warnings(study)
     primary = study.protocol()
     display(plots.class_balance(primary.rename(columns={"side": "split"})))
     train = study.part("train").drop_duplicates("path")
     display(plots.sample_grid([paths.PROJECT_ROOT / p for p in train["path"]], list(train["label"]), n=sample,
                               seed=study.seed, title="A sample of training images"))
     return counts
+
+
+def paper_magnifications(study: Study) -> list[int]:
+    """The magnifications the paper gives figures for (metric names ending in _40x, _100x, ...)."""
+    names = {metric for row in study.paper.get("rows", {}).values() for metric in row}
+    return sorted({int(m[1]) for name in names if (m := re.search(r"_(\d+)x$", name))})
+
+
+def data_warnings(study: Study) -> pd.DataFrame:
+    """What prepare and derive found odd about the study's data (data/index/<dataset>.warnings.json), and the
+    magnifications the paper reports on that this run's data lacks, as one short table."""
+    try:
+        found, recorded = sanity.read_warnings(study.dataset), True
+    except UserError as exc:
+        note(f"**Data checks:** none recorded ({exc})")
+        found, recorded = [], False
+    records = [{"dataset": w["dataset"], "check": w["check"].replace("_", " "), "what": w["message"]} for w in found]
+    wanted = paper_magnifications(study)
+    present = set(study.split["magnification"].astype(int)) if "magnification" in study.split else set()
+    if missing := [m for m in wanted if m not in present]:
+        records.append({"dataset": study.dataset, "check": "magnifications the paper reports on",
+                        "what": f"the paper reports on {lab.magnifications_text(wanted)}; this run's data has "
+                                f"{lab.magnifications_text(present) or 'no magnification'}, so nothing at "
+                                f"{lab.magnifications_text(missing)}"})
+    frame = pd.DataFrame(records, columns=["dataset", "check", "what"])
+    if len(frame):
+        show(table(frame, "Data warnings (from prepare and derive: odd or missing data, named rather than guessed)"))
+    elif recorded:
+        note("**Data checks:** nothing odd found (magnifications, class folders, names against folders, "
+             "stain normalization).")
+    return frame
 
 
 def augmentation_preview(study: Study, views: int = 8) -> None:
@@ -162,7 +197,7 @@ def augmentation_preview(study: Study, views: int = 8) -> None:
 def leakage(study: Study) -> pd.DataFrame:
     """The audit of every protocol: duplicates, near duplicates, rotated/flipped copies and shared groups
     across sides, and how many evaluation images match a training image."""
-    audit = json.loads(paths.leakage_details_json(study.id).read_text())
+    audit = fileio.read_json(paths.leakage_details_json(study.id), f"leakage audit: run `dvc repro split@{study.id}`")
     records = []
     for protocol, report in audit.items():
         for pair, counts in report["by_sides"].items():
