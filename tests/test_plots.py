@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tlrepro.results import compare as papers
-from tlrepro.results import plots
+from tlrepro.results import comparison_plots, plots
 
 
 def check(fig: Figure, tmp_path, name: str) -> None:
@@ -91,17 +91,17 @@ def test_grid_plots(tmp_path, grid):
 def test_paper_vs_ours(tmp_path):
     ours = {"MobileNetV2": {"accuracy": 0.85, "accuracy_ci_low": 0.82, "accuracy_ci_high": 0.88, "f1": 0.8}}
     frame = papers.compare("lin2024", ours, metrics=["accuracy", "f1"])
-    fig = plots.paper_vs_ours(frame)
+    fig = comparison_plots.paper_vs_ours(frame)
     assert [ax.get_title() for ax in fig.axes] == ["accuracy", "f1"]
     check(fig, tmp_path, "paper_vs_ours")
-    assert [ax.get_title() for ax in plots.paper_vs_ours(frame, metric="f1").axes] == ["f1"]
+    assert [ax.get_title() for ax in comparison_plots.paper_vs_ours(frame, metric="f1").axes] == ["f1"]
 
 
 def test_forest_plot_lists_every_rate(tmp_path):
     ours = {"MobileNetV2": {"accuracy": 0.85, "accuracy_ci_low": 0.82, "accuracy_ci_high": 0.88, "f1": 0.8}}
     frame = papers.compare("lin2024", ours, metrics=["accuracy", "f1"],
                            spread={"MobileNetV2": {"accuracy": {"mean": 0.84, "std": 0.01, "seeds": 5}}})
-    fig = plots.forest(frame.assign(study="lin2024"))
+    fig = comparison_plots.forest(frame.assign(study="lin2024"))
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert len(labels) == 8 and labels[0] == "lin2024 · MobileNetV2 · accuracy"
     check(fig, tmp_path, "forest")

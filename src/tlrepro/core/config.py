@@ -72,7 +72,8 @@ class Dataset(Strict):
     slug: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
     labels: Literal["binary", "folder", "breakhis"]
     classes: list[str] | None = Field(None, min_length=2)  # folder labels: which folders are classes
-    group: str | None = None  # index column that must never sit on two sides (e.g. patient)
+    group: str | None = None  # index column that must never sit on two sides (e.g. patient, accession)
+    folds_file: str | None = None  # the download's own folds (BreakHis: Folds.csv), relative to data/raw/<key>
 
 
 class Stain(Strict):
@@ -241,22 +242,32 @@ class Split(Strict):
 
     source: the dataset's own train/test folders, `val` of train carved out (stratified by label);
     stratified: shuffle each label's images and cut them train/val/test; grouped: whole groups (patients)
-    to each side. `views` expands images into dihedral copies, before the split or on train only.
+    to each side. Cross-validation: grouped_kfold deals whole groups into `k` folds (label-balanced, seeded),
+    each fold testing one and training on the others; folds takes the dataset's own folds (BreakHis's
+    Folds.csv, `datasets.<key>.folds_file`). In both, `val` of each fold's training groups validates.
+    `views` expands images into dihedral copies, before the split or on train only.
     """
 
-    method: Literal["source", "stratified", "grouped"]
+    method: Literal["source", "stratified", "grouped", "grouped_kfold", "folds"]
     train: Fraction | None = None
     val: Fraction | None = None
     test: Fraction | None = None
-    group: str | None = None  # grouped: the index column; default the dataset's `group`
+    k: Annotated[int, Field(ge=2, le=100)] | None = None  # grouped_kfold: number of folds (default 5)
+    group: str | None = None  # grouped, grouped_kfold, folds: the index column; default the dataset's `group`
     views: list[View] = Field(default_factory=list)
     expand: Literal["before_split", "train_only"] | None = None
 
+    CROSS_VALIDATION: ClassVar[tuple[str, ...]] = ("grouped_kfold", "folds")
+
     @model_validator(mode="after")
     def _consistent(self) -> Split:
-        if self.method == "source":
+        if self.k is not None and self.method != "grouped_kfold":
+            raise ValueError("`k` is a setting of method grouped_kfold")
+        if self.method in ("source", *self.CROSS_VALIDATION):
             if self.train is not None or self.test is not None:
-                raise ValueError("method `source` takes only `val` (train and test are the dataset's folders)")
+                raise ValueError(f"method `{self.method}` takes only `val` (" + (
+                    "train and test are the dataset's folders)" if self.method == "source"
+                    else "each fold's test side is its share of the groups)"))
             if self.val is not None and self.val >= 1:
                 raise ValueError("`val` must be below 1")
         else:
@@ -271,13 +282,23 @@ class Split(Strict):
             raise ValueError("`views` lists a view twice")
         return self
 
+    @property
+    def cross_validation(self) -> bool:
+        return self.method in self.CROSS_VALIDATION
+
+    @property
+    def folds(self) -> int | None:
+        """grouped_kfold's k (5 unless set); None for the dataset's own folds (their count comes from the file)."""
+        return (self.k or 5) if self.method == "grouped_kfold" else None
+
     def fractions(self) -> dict[str, float]:
-        if self.method == "source":
-            return {"train": 1.0 - (self.val or 0.0), "val": self.val or 0.0, "test": 0.0}
+        if self.method == "source" or self.cross_validation:
+            test = 1.0 / self.folds if self.folds else 0.0
+            return {"train": 1.0 - (self.val or 0.0), "val": self.val or 0.0, "test": test}
         return {side: float(getattr(self, side) or 0.0) for side in SIDES}
 
     def has_side(self, side: str) -> bool:
-        return (self.method == "source" and side == "test") or self.fractions()[side] > 0
+        return ((self.method == "source" or self.cross_validation) and side == "test") or self.fractions()[side] > 0
 
 
 class Grid(Strict):
@@ -300,6 +321,7 @@ class Study(Strict):
     protocols: dict[str, Split] = Field(min_length=1)  # the first is the primary protocol
     evaluate_on: Literal["val", "test"] = "test"
     predict_on: Literal["val", "test"] | None = None  # a side scored as an unlabelled prediction folder
+    per_magnification: bool = False  # one model per magnification (BreakHis), instead of one for all
     repeats: PosInt = 1  # seeds per row: seed, seed + 1, ...
     recall_target: OpenFraction | None = None
     grid: Grid | None = None
@@ -401,7 +423,7 @@ class Params(Strict):
     def _check_cap(self, where: str, protocol: Split) -> None:
         """A per-class cap must leave at least one image of each class on every side the protocol has."""
         cap = self.scale.max_images_per_class
-        if cap is None or protocol.method == "source":
+        if cap is None or protocol.method == "source" or protocol.cross_validation:
             return
         from tlrepro.core.numbers import allocate
 

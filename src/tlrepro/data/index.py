@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from tlrepro.core import config, fileio, inputs, paths
 from tlrepro.core.errors import UserError
+from tlrepro.data import folds as dataset_folds
 from tlrepro.data import labels as lab
 from tlrepro.data import sanity
 from tlrepro.data.images import UNSUPPORTED_EXTENSIONS, ImageInfo, inspect_image, is_image_file
@@ -157,6 +158,8 @@ def prepare_dataset(key: str) -> pd.DataFrame:
         raise UserError(f"{paths.relative(folder)} not found: run `dvc repro download@{key}` first.")
     index, rejected, duplicates, warnings = build_index(folder, settings.labels, paths.PROJECT_ROOT,
                                                        settings.classes, key)
+    index, fold_warnings = dataset_folds.attach(key, index, settings.folds_file, folder)
+    warnings += fold_warnings
     _print_summary(key, index, rejected, duplicates)
     sanity.print_warnings(key, warnings)
     check_index(key, index, rejected)

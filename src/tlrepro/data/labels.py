@@ -2,7 +2,8 @@
 
 - `binary`: the nearest folder named benign or malignant (any case) above the image;
 - `folder`: the image's own folder, a leaf folder (e.g. LC25000's five classes); `classes` may restrict it;
-- `breakhis`: parsed from BreakHis's file names, which also give subtype, patient and magnification.
+- `breakhis`: parsed from BreakHis's file names, which also give subtype, patient folder, accession number and
+  magnification.
 
 Class names are defined here once. A binary model's output is P(malignant): index 1 is the positive class.
 """
@@ -35,7 +36,10 @@ BREAKHIS_SUBTYPES = {
 BREAKHIS_NAME = re.compile(
     r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)-(?P<patient>\d+-\d+[A-Z]*)-(?P<magnification>\d+)-\d+$"
 )
-BREAKHIS_COLUMNS = ("subtype", "subtype_name", "patient", "magnification")
+# `patient` is the folder (slide set) named in the file; `accession` its accession number: folders such as
+# 14-22549AB, 14-22549CD and 14-22549G share 14-22549 and may be slides of one patient.
+BREAKHIS_COLUMNS = ("subtype", "subtype_name", "patient", "accession", "magnification")
+ACCESSION = re.compile(r"^\d+-\d+")
 BREAKHIS_MAGNIFICATIONS = (40, 100, 200, 400)  # the microscope's objectives: every BreakHis image is one
 # Rejection reasons that data sanity (tlrepro.data.sanity) counts as warnings start with these words.
 BAD_MAGNIFICATION = "magnification"
@@ -64,7 +68,7 @@ def parse_breakhis_name(name: str) -> dict | str:
         return (f"{BAD_MAGNIFICATION} {magnification}X in the file name is not one of BreakHis's "
                 f"{magnifications_text(BREAKHIS_MAGNIFICATIONS)}: check the file")
     return {"label": label, "subtype": code, "subtype_name": subtype_name, "patient": match["patient"],
-            "magnification": magnification}
+            "accession": ACCESSION.match(match["patient"]).group(0), "magnification": magnification}
 
 
 def magnifications_text(values: Sequence[int]) -> str:

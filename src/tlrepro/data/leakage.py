@@ -112,9 +112,13 @@ def sides_of(frame: pd.DataFrame, column: str = "side") -> list[str]:
     return sorted(present, key=lambda s: (SIDE_ORDER.index(s) if s in SIDE_ORDER else 99, s))
 
 
-def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | None = None,
+def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | list[str] | None = None,
           max_distance: int = 4) -> dict:
-    """Counts of exact, near and dihedral pairs and of shared groups for every pair of sides, plus examples."""
+    """Counts of exact, near and dihedral pairs and of shared groups for every pair of sides, plus examples.
+
+    `group` names one or more group columns (e.g. accession and patient): each gets `<column>s_shared` per pair
+    of sides and `<column>s_on_several_sides`."""
+    group_columns = [group] if isinstance(group, str) else list(group or [])
     frame = with_hashes(frame)
     sides = sides_of(frame, side_column)
     by_side = {s: frame[frame[side_column] == s] for s in sides}
@@ -131,8 +135,8 @@ def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | None =
             examples["near"] += _close_examples(fa, fb, "shown_phash", max_distance)
         if dihedral > exact and len(examples["dihedral"]) < MAX_EXAMPLES:
             examples["dihedral"] += _close_examples(fa, fb, "canonical_phash", max_distance)
-        if group:
-            counts[f"{group}s_shared"] = len(set(fa[group]) & set(fb[group]))
+        for column in group_columns:
+            counts[f"{column}s_shared"] = len(set(fa[column]) & set(fb[column]))
         pairs[f"{a}-{b}"] = counts
     report = {
         "images": len(frame),
@@ -141,13 +145,56 @@ def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | None =
         **{k: sum(p[k] for p in pairs.values()) for k in PAIR_COUNTS},
         "by_sides": pairs,
     }
-    if group:
-        on_sides = frame[frame[side_column].isin(sides)].groupby(group)[side_column].unique()
+    for column in group_columns:
+        on_sides = frame[frame[side_column].isin(sides)].groupby(column)[side_column].unique()
         several = {str(g): sorted(v, key=sides.index) for g, v in on_sides.items() if len(v) > 1}
-        report[f"{group}s_on_several_sides"] = len(several)
-        examples[f"{group}s"] = dict(sorted(several.items())[:MAX_EXAMPLES])
+        report[f"{column}s"] = int(frame[column].nunique())
+        report[f"{column}s_on_several_sides"] = len(several)
+        examples[f"{column}s"] = dict(sorted(several.items())[:MAX_EXAMPLES])
     report["examples"] = {k: v[:MAX_EXAMPLES] if isinstance(v, list) else v for k, v in examples.items()}
     return report
+
+
+def audit_folds(folds: list[pd.DataFrame], *, group: list[str] | None = None, max_distance: int = 4) -> dict:
+    """`audit` of one split, or of every fold of a cross-validation summed over folds (counts of pairs and of
+    groups across sides add up; each fold's own audit is kept under `by_fold`)."""
+    if len(folds) == 1:
+        return audit(folds[0], group=group, max_distance=max_distance)
+    each = {str(f["fold"].iloc[0]): audit(f, group=group, max_distance=max_distance) for f in folds}
+    first = next(iter(each.values()))
+    report = {k: (sum(a[k] for a in each.values()) if k.endswith(("_pairs", "_on_several_sides")) else v)
+              for k, v in first.items() if not isinstance(v, dict)}
+    report["images"] = int(pd.concat(folds)["path"].nunique())
+    report["images_per_side"] = {s: sum(a["images_per_side"].get(s, 0) for a in each.values())
+                                 for s in first["images_per_side"]}
+    report["by_sides"] = {pair: {k: sum(a["by_sides"].get(pair, {}).get(k, 0) for a in each.values()) for k in counts}
+                          for pair, counts in first["by_sides"].items()}
+    report["examples"] = {k: v for a in each.values() for k, v in a["examples"].items() if v} or first["examples"]
+    report["by_fold"] = {f: {k: v for k, v in a.items() if k != "examples"} for f, a in each.items()}
+    return report
+
+
+def dihedral_clusters(frame: pd.DataFrame, max_distance: int = 4) -> pd.Series:
+    """A cluster id per row: rows whose canonical hashes (smallest over the eight rotations and flips) are at most
+    `max_distance` bits apart, directly or through others, share one (union-find over close pairs). Ids are the
+    cluster's smallest canonical hash, so they do not depend on row order."""
+    canonical = as_uint64(with_hashes(frame)["canonical_phash"])
+    unique, inverse = np.unique(canonical, return_inverse=True)
+    parent = np.arange(len(unique))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start, mask in _within(unique, unique, max_distance):
+        for i, j in zip(*np.nonzero(mask), strict=True):
+            a, b = root(start + i), root(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the smaller index (smaller hash) is the root
+    roots = np.array([root(i) for i in range(len(unique))])
+    return pd.Series([f"{unique[r]:016x}" for r in roots[inverse]], index=frame.index, dtype=object)
 
 
 def train_matches(frame: pd.DataFrame, *, side_column: str = "side", max_distance: int = 4) -> pd.Series:

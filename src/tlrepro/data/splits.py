@@ -18,11 +18,11 @@ from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import SIDES, Split
 from tlrepro.core.errors import UserError
 from tlrepro.core.numbers import allocate
+from tlrepro.data import groups, leakage
 from tlrepro.data import labels as lab
-from tlrepro.data import leakage
 from tlrepro.data.index import read_index
 
-FRONT = ["protocol", "side", "view", "path", "label", "class_index", "group"]
+FRONT = ["protocol", "fold", "side", "view", "path", "label", "class_index", "group"]
 
 
 def cap_per_class(frame: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.DataFrame:
@@ -70,37 +70,6 @@ def from_source(frame: pd.DataFrame, val: float, seed: int, where: str) -> pd.Se
     return sides
 
 
-def grouped(frame: pd.DataFrame, fractions: dict[str, float], group: str, seed: int, where: str) -> pd.Series:
-    """Whole groups (e.g. patients) to each side, so no group appears on two sides.
-
-    Per label (a group's most common label), groups are shuffled (seeded); each side that should get images
-    first receives one group, then every further group goes to the side furthest below its target number of
-    images. With few groups the fractions can only be approximated; with fewer groups of a label than
-    sides, no honest split exists and this says so.
-    """
-    rng = np.random.default_rng(seed)
-    wanted = [s for s in SIDES if fractions.get(s, 0.0) > 0]
-    sizes = frame.groupby(group, sort=True).size()
-    group_label = frame.groupby(group, sort=True)["label"].agg(lambda s: s.value_counts().index[0])
-    assigned: dict[str, str] = {}
-    for label in sorted(group_label.unique()):
-        members = group_label.index[group_label == label].to_numpy()
-        if len(members) < len(wanted):
-            raise UserError(f"{where}: only {len(members)} {group}(s) with label {label!r}, too few for the "
-                            f"{len(wanted)} sides {'/'.join(wanted)} without sharing one: set a side's fraction "
-                            f"to 0, or use method stratified (then {group}s sit on several sides).")
-        members = members[rng.permutation(len(members))]
-        total = sizes[members].sum()
-        filled = dict.fromkeys(SIDES, 0)
-        for i, member in enumerate(members):
-            # the smallest sides get their first group first, so a 10 % side is never left empty
-            side = (sorted(wanted, key=lambda s: fractions[s])[i] if i < len(wanted)
-                    else max(wanted, key=lambda s: fractions[s] * total - filled[s]))
-            assigned[member] = side
-            filled[side] += sizes[member]
-    return frame[group].map(assigned)
-
-
 def expand_views(frame: pd.DataFrame, views: list[str]) -> pd.DataFrame:
     """Each row once as it is (view `identity`) and once per dihedral view: the paper's 'N x augmentation'."""
     copies = [frame.assign(view="identity")] + [frame.assign(view=v) for v in views]
@@ -108,24 +77,42 @@ def expand_views(frame: pd.DataFrame, views: list[str]) -> pd.DataFrame:
 
 
 def split_protocol(frame: pd.DataFrame, protocol: Split, *, seed: int, group: str | None,
-                   where: str = "split") -> pd.DataFrame:
-    """`frame` (an index) as rows (side, view, ...) under one protocol; checked to be meaningful."""
+                   where: str = "split", max_distance: int = 4) -> pd.DataFrame:
+    """`frame` (an index) as rows (fold, side, view, group, ...) under one protocol; checked to be meaningful.
+
+    `group` (the protocol's `group`, else the dataset's) fills the `group` column even where the split ignores
+    it, since evaluation resamples groups; cross-validation protocols give one set of rows per fold."""
     frame = frame.sort_values("path").reset_index(drop=True).assign(view="identity")
     if protocol.expand == "before_split":
         frame = expand_views(frame.drop(columns="view"), protocol.views)
+    column = protocol.group or group
+    needs_groups = protocol.method in ("grouped", *Split.CROSS_VALIDATION)
+    if needs_groups or (column and column in frame.columns):
+        frame = frame.assign(group=groups.group_values(frame, column, where=where, max_distance=max_distance))
+    else:
+        frame = frame.assign(group="")
+    if protocol.cross_validation:
+        assignments = (groups.grouped_kfold(frame, frame["group"], protocol.folds, seed, where)
+                       if protocol.method == "grouped_kfold" else groups.dataset_folds(frame, where))
+        return pd.concat([
+            _finish(frame, groups.carve_validation(frame, sides, frame["group"], protocol.val or 0.0, seed + fold),
+                    protocol, f"{where} (fold {fold})", str(fold))
+            for fold, sides in enumerate(assignments, start=1)], ignore_index=True)
     fractions = protocol.fractions()
     if protocol.method == "source":
         side = from_source(frame, protocol.val or 0.0, seed, where)
     elif protocol.method == "stratified":
         side = stratified(frame, fractions, seed)
     else:
-        column = protocol.group or group
-        if not column or column not in frame.columns:
-            raise UserError(f"{where}: method `grouped` needs a group column (the protocol's `group` or the "
-                            f"dataset's `group`), and the index has {column!r}: "
-                            f"{'set one' if not column else 'choose one of ' + ', '.join(frame.columns)}.")
-        side = grouped(frame, fractions, column, seed, where)
-    out = frame.assign(side=side)
+        side = groups.grouped(frame, fractions, frame["group"], seed, where)
+    return _finish(frame, side, protocol, where, "")
+
+
+def _finish(frame: pd.DataFrame, side: pd.Series, protocol: Split, where: str, fold: str) -> pd.DataFrame:
+    """Rows with their side (rows without one, unlisted by a dataset's folds, dropped), the training side expanded
+    into its views when the protocol says so, sorted and checked."""
+    out = frame.assign(side=side, fold=fold)
+    out = out[out["side"].notna()]
     if protocol.expand == "train_only":
         train = expand_views(out[out["side"] == "train"].drop(columns="view"), protocol.views)
         out = pd.concat([train, out[out["side"] != "train"]], ignore_index=True)
@@ -139,12 +126,15 @@ def _side_order(column: pd.Series) -> pd.Series:
 
 
 def check_sides(frame: pd.DataFrame, protocol: Split, where: str) -> None:
-    """Every side the protocol asks for holds images of every class; otherwise the split is refused."""
+    """Every side the protocol asks for holds images of every class; otherwise the split is refused.
+
+    A cross-validation fold needs every class on its training side only: its test side is pooled with the other
+    folds' (every group tested once), and its validation side holds what the groups allow."""
     classes = sorted(frame["label"].unique())
     if len(classes) < 2:
         raise UserError(f"{where}: the data has one class only ({classes}): check the dataset and the cap.")
     for side in SIDES:
-        if not protocol.has_side(side):
+        if not protocol.has_side(side) or (protocol.cross_validation and side != "train"):
             continue
         present = set(frame.loc[frame["side"] == side, "label"])
         missing = [c for c in classes if c not in present]
@@ -161,17 +151,26 @@ def build_split(study_id: str, params: config.Params) -> tuple[pd.DataFrame, dic
     index = cap_per_class(read_index(study.dataset), params.scale.max_images_per_class, params.seed)
     # the class order and the unit of independence travel with the split, so study stages need no dataset setting
     classes = lab.class_names(index["label"], dataset.labels, dataset.classes)
-    index = index.assign(class_index=[classes.index(v) for v in index["label"]],
-                         group=index[dataset.group] if dataset.group in index else "")
+    index = index.assign(class_index=[classes.index(v) for v in index["label"]])
+    distance = params.leakage.phash_max_distance
     frames, audits = [], {}
     for name, protocol in study.protocols.items():
         where = f"studies.{study_id}.protocols.{name}"
-        rows = split_protocol(index, protocol, seed=params.seed, group=dataset.group, where=where)
-        rows["train_match"] = leakage.train_matches(rows, max_distance=params.leakage.phash_max_distance)
-        group = protocol.group or dataset.group
-        audits[name] = leakage.audit(rows, group=group if group in rows else None,
-                                     max_distance=params.leakage.phash_max_distance)
-        audits[name]["group"] = group if group in rows else None
+        rows = split_protocol(index, protocol, seed=params.seed, group=dataset.group, where=where,
+                              max_distance=distance)
+        column = protocol.group or dataset.group
+        grouped_by = column if (rows["group"] != "").any() else None
+        if grouped_by and grouped_by not in rows:
+            rows[grouped_by] = rows["group"]  # a computed group (dihedral_cluster), named in the audit
+        audited = [c for c in dict.fromkeys([grouped_by, "accession", "patient"]) if c and c in rows]
+        folds = [rows[rows["fold"] == f] for f in rows["fold"].unique()]
+        rows["train_match"] = pd.concat([leakage.train_matches(f, max_distance=distance) for f in folds])
+        audits[name] = leakage.audit_folds([rows.loc[f.index] for f in folds], max_distance=distance,
+                                           group=audited)
+        audits[name].update(group=grouped_by, folds=len(folds) if protocol.cross_validation else None,
+                            folds_source=("the dataset's (" + (dataset.folds_file or "") + ")"
+                                          if protocol.method == "folds" else "ours (grouped_kfold)"
+                                          if protocol.method == "grouped_kfold" else None))
         audits[name]["eval_images_matching_train"] = {
             side: {kind: int(((rows["side"] == side) & (rows["train_match"] == kind)).sum())
                    for kind in leakage.MATCH_KINDS} for side in ("val", "test")}

@@ -169,3 +169,35 @@ def count_squeeze_excitation(model: keras.Model) -> int:
         for layer in model.layers
         if isinstance(layer, SqueezeExcitation | keras.Model)
     )
+
+
+def se_parameters(channels: int, reduction: int) -> int:
+    """Weights of one SqueezeExcitation block on `channels` channels: two dense layers with biases."""
+    hidden = max(1, channels // reduction)
+    return channels * hidden + hidden + hidden * channels + channels
+
+
+# Where an SE block could sit in a DenseNet, by the layers whose output it recalibrates.
+PLACEMENTS = {
+    "after each dense layer's 3x3 conv (ours), and each transition": (DENSE_LAYER_CONV, TRANSITION_POOL),
+    "after each dense layer's 1x1 bottleneck, and each transition": (re.compile(r"^(conv\d+_block\d+)_1_conv$"),
+                                                                    TRANSITION_POOL),
+    "after each dense block's output, and each transition": (None, TRANSITION_POOL),
+    "after every concatenation inside the dense blocks, and each transition": (
+        re.compile(r"^(conv\d+_block\d+)_concat$"), TRANSITION_POOL),
+}
+
+
+def placement_counts(backbone: keras.Model, reduction: int) -> dict[str, int]:
+    """The SE weights each placement of PLACEMENTS would add to a plain DenseNet `backbone` (from its channels)."""
+    channels = {layer.name: int(layer.output.shape[-1]) for layer in backbone.layers}
+    block_ends: dict[str, str] = {}
+    for name in channels:
+        if match := re.match(r"^(conv\d+)_block\d+_concat$", name):
+            block_ends[match.group(1)] = name  # the last concatenation of each block is its output
+    out = {}
+    for label, (inner, transition) in PLACEMENTS.items():
+        names = ([n for n in channels if inner.match(n)] if inner is not None else list(block_ends.values()))
+        names += [n for n in channels if transition.match(n)]
+        out[label] = sum(se_parameters(channels[n], reduction) for n in names)
+    return out

@@ -14,16 +14,17 @@ Random augmentation before the cut forbids caching plain features (`split_frozen
 when the row asks for `augmentation_views: K`: then the frozen part runs once on K augmented views of
 each training image and training cycles through them (`extract_views`).
 
-The cache is keyed by content: the images (bytes and view), the decoding code, and the values of every
-weight of the frozen part as it is when the features are computed. Weights changed in place, or a backbone
-trained by one row and frozen by the next, miss the cache; a damaged cache file is recomputed.
+The cache (tlrepro.modeling.feature_store) holds one entry per image and view, keyed by the image's content and
+filed under a fingerprint of the decoding code and of the frozen part: its architecture and the value of every
+weight it holds when the features are computed. So folds, protocols and rows that run the same frozen part share
+one extraction; weights changed in place, or a backbone trained by one row and frozen by the next, miss the
+cache; a damaged entry is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +34,13 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from tlrepro.core import fileio, paths
+from tlrepro.core import paths
 from tlrepro.data.tfdata import decoding_fingerprint, image_dataset
+from tlrepro.modeling.feature_store import FeatureStore
 from tlrepro.modeling.models import Classifier, build_augmentation
 
 # Bump when the way frozen outputs are computed changes, so older cache entries are never reused.
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: one entry per image and view (feature_store)
 
 # Layers that hold no weights and act the same in training and inference: safe to fold into the cache.
 _FOLDABLE = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
@@ -132,36 +134,28 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
-def cache_key(frame: pd.DataFrame, classifier: Classifier, frozen: FrozenSplit, extra: str = "") -> str:
-    """Content key: images (bytes' hash and view, in order), decoding code, architecture, cut, weight values."""
-    h = hashlib.sha256()
-    ids = frame["sha256"] if "sha256" in frame else frame["path"]
-    views = (frame["view"] if "view" in frame else pd.Series("identity", index=frame.index)).replace("", "identity")
-    h.update("\n".join(f"{i}:{v}" for i, v in zip(ids.astype(str), views.astype(str), strict=True)).encode())
+def fingerprint(classifier: Classifier, frozen: FrozenSplit, extra: str = "") -> str:
+    """What the frozen outputs depend on besides the image: decoding code, architecture, cut, weight values.
+    Nothing about the device or the number of replicas: a store filled on a GPU serves a CPU run."""
     row = classifier.row
     parts = [CACHE_VERSION, decoding_fingerprint(), row.backbone, json.dumps(row.se.model_dump() if row.se else None),
              classifier.preprocessing.mode, str(classifier.image_size), frozen.cut,
              json.dumps([list(s) for s in frozen.crossing_shapes]), keras.__version__, tf.__version__, extra,
              weights_digest(frozen.extractor)]
-    h.update("|".join(parts).encode())
-    return h.hexdigest()[:32]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def _load(target: Path) -> list[np.ndarray] | None:
-    """The cached arrays, or None when the file is missing or damaged (it is then recomputed)."""
-    if not target.is_file():
-        return None
-    try:
-        with np.load(target) as stored:
-            return [stored[f"x{i}"] for i in range(len(stored.files))]
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        target.unlink(missing_ok=True)
-        return None
+def image_keys(frame: pd.DataFrame, suffix: str = "") -> list[str]:
+    """One key per row: the image's content hash (its path where there is none) and view."""
+    ids = frame["sha256"] if "sha256" in frame else frame["path"]
+    views = (frame["view"] if "view" in frame else pd.Series("identity", index=frame.index)).replace("", "identity")
+    return [f"{i}:{v}{suffix}" for i, v in zip(ids.astype(str), views.astype(str), strict=True)]
 
 
-def _store(target: Path, arrays: list[np.ndarray]) -> None:
-    with fileio.atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **{f"x{i}": a for i, a in enumerate(arrays)})
+def store_for(classifier: Classifier, frozen: FrozenSplit, extra: str = "", cache_dir: Path | None = None
+              ) -> FeatureStore:
+    folder = Path(cache_dir or paths.feature_cache_dir()) / f"{classifier.row.backbone}-{fingerprint(classifier, frozen, extra)}"
+    return FeatureStore(folder)
 
 
 def _run(model_fn, dataset: tf.data.Dataset, steps: int, description: str) -> list[np.ndarray]:
@@ -173,41 +167,80 @@ def _run(model_fn, dataset: tf.data.Dataset, steps: int, description: str) -> li
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
 
 
+def _fill(store: FeatureStore, keys: list[str], frame: pd.DataFrame, compute) -> bool:
+    """Compute the entries `store` lacks (each distinct image once) with `compute(frame) -> arrays`; True when
+    nothing had to be computed."""
+    missing = set(store.missing(keys))
+    if not missing:
+        return True
+    first = pd.Series(keys, index=frame.index).drop_duplicates()
+    rows = first[first.isin(missing)]
+    store.write(rows.tolist(), compute(frame.loc[rows.index]))
+    return False
+
+
+def _read(store: FeatureStore, keys: list[str], frame: pd.DataFrame, compute) -> tuple[list[np.ndarray], bool]:
+    hit = _fill(store, keys, frame, compute)
+    arrays = store.read(keys)
+    if arrays is None:  # a damaged chunk was dropped: recompute what it held
+        hit = _fill(store, keys, frame, compute) and hit
+        arrays = store.read(keys)
+    return arrays, hit
+
+
 def extract(frozen: FrozenSplit, frame: pd.DataFrame, *, classifier: Classifier, batch_size: int,
             description: str = "features", cache_dir: Path | None = None) -> tuple[list[np.ndarray], bool]:
-    """The frozen outputs for every row of `frame`, from the cache or computed once and cached.
+    """The frozen outputs for every row of `frame`, read from the store or computed once per image and view.
 
-    Returns (arrays, from_cache).
+    Returns (arrays, from_cache): from_cache is True when no entry had to be computed.
     """
-    key = cache_key(frame, classifier, frozen)
-    target = Path(cache_dir or paths.feature_cache_dir()) / f"{classifier.row.backbone}-{key}.npz"
-    if (arrays := _load(target)) is not None:
-        return arrays, True
-    dataset = image_dataset(frame, classifier.image_size, batch_size)
-    # a compiled function: calling the model eagerly batch by batch would be about twice as slow
     forward = tf.function(lambda x: frozen.extractor(x, training=False), reduce_retracing=True)
-    arrays = _run(forward, dataset, int(np.ceil(len(frame) / batch_size)), description)
-    _store(target, arrays)
-    return arrays, False
+
+    def compute(rows: pd.DataFrame) -> list[np.ndarray]:
+        # a compiled function: calling the model eagerly batch by batch would be about twice as slow
+        return _run(forward, image_dataset(rows, classifier.image_size, batch_size),
+                    int(np.ceil(len(rows) / batch_size)), description)
+
+    return _read(store_for(classifier, frozen, cache_dir=cache_dir), image_keys(frame), frame, compute)
+
+
+def augment_each(augment: keras.Sequential, images: np.ndarray, seeds: list[int]) -> np.ndarray:
+    """Each image augmented with its own seed: the result depends on the image and its seed only, never on the
+    batch it came in, so an image's augmented views can be stored and shared like its plain features."""
+    out = []
+    for image, seed in zip(images, seeds, strict=True):
+        for i, layer in enumerate(augment.layers):
+            layer.generator.state.assign(np.array([seed, i], dtype="int64"))
+        out.append(keras.ops.convert_to_numpy(augment(image[None], training=True))[0])
+    return np.stack(out) if out else images
+
+
+def view_seed(key: str, seed: int, k: int) -> int:
+    """The augmentation seed of view k of one image (from its key), far from the other views' and images'."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{k}:{key}".encode()).digest()[:6], "big")
 
 
 def extract_views(frozen: FrozenSplit, frame: pd.DataFrame, *, classifier: Classifier, views: int, seed: int,
                   batch_size: int, cache_dir: Path | None = None) -> tuple[list[list[np.ndarray]], bool]:
-    """Frozen outputs of `views` augmented versions of every row: view k applies the row's augmentation with
-    seed stream k, in a fixed order, so the same settings give the same views. Returns (per view, from_cache)."""
+    """Frozen outputs of `views` augmented versions of every row: view k of an image applies the row's
+    augmentation with a seed of its own (the image's key, the seed, k), so the same settings give the same views,
+    whichever split, fold or row asks. Returns (per view, from_cache)."""
     spec = classifier.row.augmentation
+    store = store_for(classifier, frozen, f"views:{json.dumps(spec.model_dump())}", cache_dir)
+    augment = build_augmentation(spec, seed)
+    forward = tf.function(lambda x: frozen.extractor(x, training=False), reduce_retracing=True)
     out, all_cached = [], True
     for k in range(views):
-        extra = f"views:{json.dumps(spec.model_dump())}:{seed}:{k}"
-        key = cache_key(frame, classifier, frozen, extra)
-        target = Path(cache_dir or paths.feature_cache_dir()) / f"{classifier.row.backbone}-{key}.npz"
-        if (arrays := _load(target)) is None:
-            augment = build_augmentation(spec, seed * 100 + k)
-            forward = tf.function(lambda x, a=augment: frozen.extractor(a(x, training=True), training=False),
-                                  reduce_retracing=True)
-            arrays = _run(forward, image_dataset(frame, classifier.image_size, batch_size),
-                          int(np.ceil(len(frame) / batch_size)), f"augmented view {k + 1}/{views}")
-            _store(target, arrays)
-            all_cached = False
+        keys = image_keys(frame, f":view{k}:seed{seed}")
+
+        def compute(rows: pd.DataFrame, k: int = k) -> list[np.ndarray]:
+            seeds = [view_seed(key, seed, k) for key in image_keys(rows)]
+            batches = [augment_each(augment, images.numpy(), seeds[i * batch_size:(i + 1) * batch_size])
+                       for i, images in enumerate(image_dataset(rows, classifier.image_size, batch_size))]
+            data = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(batch_size)
+            return _run(forward, data, len(batches), f"augmented view {k + 1}/{views}")
+
+        arrays, hit = _read(store, keys, frame, compute)
+        all_cached &= hit
         out.append(arrays)
     return out, all_cached

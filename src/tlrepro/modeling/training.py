@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tlrepro.core import progress
 from tlrepro.core.config import Row
 from tlrepro.data.tfdata import array_dataset, image_dataset
 from tlrepro.modeling import frozen_cache as fc
@@ -64,7 +65,9 @@ def callbacks_of(row: Row) -> list[keras.callbacks.Callback]:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One short line per epoch (at most ~12 lines per fit), so notebooks are not flooded."""
+    """One short line per epoch (at most ~12 lines per fit) in the notebook, and every epoch in the terminal.
+
+    The notebook keeps the log; the HTML report leaves it out (curves and tables show it there)."""
 
     def __init__(self, name: str, epochs: int) -> None:
         super().__init__()
@@ -72,10 +75,10 @@ class EpochLog(keras.callbacks.Callback):
         self.every = max(1, int(np.ceil(epochs / 12)))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
-            return
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
-        print(f"[{self.name}] epoch {epoch + 1}/{self.epochs}: {shown}", flush=True)
+        line = progress.epoch_line(self.name, epoch + 1, self.epochs, logs)
+        progress.to_terminal(line)
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
+            print(line, flush=True)
 
 
 class CachedValidation(keras.callbacks.Callback):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
-from tlrepro.results import compare
+from tlrepro.results import compare, comparison_plots
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -104,7 +104,6 @@ def section(study: str, metrics: dict[str, Any] | None, details: dict[str, Any] 
 
 def forest_plot(sections: list[dict[str, Any]]) -> str:
     """Every headline figure, paper beside ours with its interval and seed spread: a PNG as a data URI."""
-    from tlrepro.results import plots
 
     frames = [s["frame"].assign(study=s["id"], random_init=s["frame"]["row"].isin(s["random_init"]))
               for s in sections if s.get("ran") and len(s.get("frame", []))]
@@ -112,7 +111,7 @@ def forest_plot(sections: list[dict[str, Any]]) -> str:
     frames = [f[(f["paper"] <= 1) & ~f["metric"].str.contains("loss")] for f in frames]
     if not frames:
         return ""
-    fig = plots.forest(pd.concat(frames, ignore_index=True))
+    fig = comparison_plots.forest(pd.concat(frames, ignore_index=True))
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

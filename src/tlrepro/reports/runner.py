@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tlrepro.core import config, fileio, paths
+from tlrepro.core import config, fileio, paths, progress
 from tlrepro.core.errors import UserError
 
 KERNEL = "tlrepro"
@@ -69,15 +69,15 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def strip_noise(notebook: Any) -> int:
-    """Remove TensorFlow/absl log lines from stream outputs (a reader should never see them)."""
+def _drop_stream_lines(notebook: Any, drop: Any) -> int:
+    """Remove the stream-output lines for which `drop(line)` holds (and outputs left empty); returns how many."""
     removed = 0
     for cell in notebook.cells:
         outputs = []
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 lines = out.get("text", "").splitlines(keepends=True)
-                kept = [line for line in lines if not _NOISE.search(line)]
+                kept = [line for line in lines if not drop(line)]
                 removed += len(lines) - len(kept)
                 if not "".join(kept).strip():
                     continue
@@ -88,10 +88,25 @@ def strip_noise(notebook: Any) -> int:
     return removed
 
 
+def strip_noise(notebook: Any) -> int:
+    """Remove TensorFlow/absl log lines from stream outputs (a reader should never see them)."""
+    return _drop_stream_lines(notebook, _NOISE.search)
+
+
+def without_epoch_log(notebook: Any) -> Any:
+    """A copy without the per-epoch training log: the executed notebook keeps it, the report shows curves."""
+    import copy
+
+    report = copy.deepcopy(notebook)
+    _drop_stream_lines(report, progress.EPOCH_LINE.match)
+    return report
+
+
 def render_html(notebook: Any, title: str) -> str:
     """The executed notebook as HTML with code cells and prompts hidden: a report, not a program."""
     from nbconvert import HTMLExporter
 
+    notebook = without_epoch_log(notebook)
     notebook.metadata["title"] = title
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     html, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})

@@ -20,7 +20,7 @@ from tlrepro.core.errors import UserError
 from tlrepro.data import labels as lab
 from tlrepro.data import sanity
 from tlrepro.data.leakage import MATCH_KINDS
-from tlrepro.results import compare, metrics, plots
+from tlrepro.results import compare, comparison_plots, metrics, plots
 from tlrepro.studies.base import Study
 
 SIDE_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -130,18 +130,22 @@ def _layer(h: Any) -> str:
 
 
 def data(study: Study, sample: int = 12) -> pd.DataFrame:
-    """Images per protocol, side and class, the class balance, and a sample of training images."""
-    counts = (study.split.groupby(["protocol", "side", "label"]).size().unstack("label", fill_value=0)
-              .reset_index())
-    order = {p: i for i, p in enumerate(study.protocols)} | {s: i for i, s in enumerate(SIDE_NAMES)}
+    """Images per protocol, side and class, the class balance, and a sample of training images. A cross-validated
+    protocol counts its first fold here (every fold is in the folds table of tlrepro.reports.protocols)."""
+    rows = study.split[(study.split["fold"] == "") | (study.split["fold"] == "1")]
+    counts = rows.groupby(["protocol", "side", "label"]).size().unstack("label", fill_value=0).reset_index()
+    counts["protocol"] = [f"{p} (fold 1)" if study.cross_validated(p) else p for p in counts["protocol"]]
+    order = {p: i for i, p in enumerate(study.protocols)} | {f"{p} (fold 1)": i for i, p in enumerate(study.protocols)}
+    order |= {s: i for i, s in enumerate(SIDE_NAMES)}
     counts = counts.sort_values(["protocol", "side"], key=lambda c: c.map(order)).reset_index(drop=True)
     counts["side"] = counts["side"].map(SIDE_NAMES)
     counts["total"] = counts.drop(columns=["protocol", "side"]).sum(axis=1)
     show(table(counts, "Images per protocol, side and class"))
     data_warnings(study)
     primary = study.protocol()
+    primary = primary[primary["fold"].isin(["", "1"])]
     display(plots.class_balance(primary.rename(columns={"side": "split"})))
-    train = study.part("train").drop_duplicates("path")
+    train = primary[primary["side"] == "train"].drop_duplicates("path")
     display(plots.sample_grid([paths.PROJECT_ROOT / p for p in train["path"]], list(train["label"]), n=sample,
                               seed=study.seed, title="A sample of training images"))
     return counts
@@ -179,17 +183,23 @@ def data_warnings(study: Study) -> pd.DataFrame:
 
 
 def augmentation_preview(study: Study, views: int = 8) -> None:
-    """Every augmented row's layers applied `views` times to one training image (training mode)."""
+    """Each distinct augmentation of the study's rows applied `views` times to one training image (training mode),
+    once, titled with the rows that use it."""
     from tlrepro.data.tfdata import load_resized
     from tlrepro.modeling.models import build_augmentation
 
     original_path = study.part("train")["path"].iloc[0]
-    for row in [r for r in study.rows if r.augmentation]:
-        augment = build_augmentation(row.augmentation, seed=study.seed)
-        original = load_resized(original_path, row.image_size)
+    distinct: dict[tuple, list] = {}
+    for row in study.rows:
+        if row.augmentation:
+            distinct.setdefault((row.augmentation.model_dump_json(), row.image_size), []).append(row)
+    for rows in distinct.values():
+        augment = build_augmentation(rows[0].augmentation, seed=study.seed)
+        original = load_resized(original_path, rows[0].image_size)
         batch = original[None].astype("float32")
         if len(study.rows) > 1:
-            note(f"**{row.name}**")
+            note(f"**{', '.join(r.name for r in rows)}**: "
+                 + ", ".join(f"{k} {v}" for k, v in rows[0].augmentation.transforms()))
         display(plots.augmentation_preview(original, [np.asarray(augment(batch, training=True)[0])
                                                       for _ in range(views)]))
 
@@ -208,7 +218,8 @@ def leakage(study: Study) -> pd.DataFrame:
                             **{k.replace("_", " "): v for k, v in counts.items() if k.endswith("s_shared")}})
     frame = pd.DataFrame(records)
     show(table(frame, f"Pairs of images across sides (perceptual hash distance ≤ "
-                      f"{study.params.leakage.phash_max_distance} bits counts as near)"))
+                      f"{study.params.leakage.phash_max_distance} bits counts as near; a cross-validation's pairs and "
+                      f"shared groups are summed over its folds)"))
     side = study.settings.evaluate_on
     matches = pd.DataFrame([{"protocol": p, f"{SIDE_NAMES[side]} images": r["images_per_side"].get(side, 0),
                              **{f"matching a training image ({k})": r["eval_images_matching_train"][side][k]
@@ -233,12 +244,24 @@ def figures_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequen
         records.append(rec)
     frame = pd.DataFrame(records)
     show(table(frame, caption))
-    first = next(iter(results.values()), {})
-    if first.get("ci_resamples"):
-        valid = min((m.get("roc_auc_ci_valid") or 0) for m in results.values())
-        note(f"<small>Intervals: {first['ci_confidence']:.0%} percentile bootstrap over the images, "
-             f"{first['ci_resamples']:,} resamples (ROC AUC defined in at least {valid:,} of them).</small>")
+    note(f"<small>{interval_note(results.values())}</small>")
     return frame
+
+
+def interval_note(figures: Any) -> str:
+    """How the intervals of a set of figures were made: the confidence, what was resampled, how often; or why
+    there are none (too few patients)."""
+    figures = [m for m in figures if m]
+    first = figures[0] if figures else {}
+    if not first.get("ci_resamples"):
+        return ""
+    unit = first.get("ci_unit", "image")
+    if first.get("ci_note"):
+        return f"No intervals: {first['ci_note']}."
+    valid = min((m.get("roc_auc_ci_valid") or 0) for m in figures)
+    resampled = "the images" if unit == "image" else f"whole {unit}s (a {unit}'s images are not independent)"
+    return (f"Intervals: {first['ci_confidence']:.0%} percentile bootstrap over {resampled}, "
+            f"{first['ci_resamples']:,} resamples (ROC AUC defined in at least {valid:,} of them).")
 
 
 def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
@@ -257,12 +280,12 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     })
     if frame["seed_std"].isna().all():
         shown = shown.drop(columns="over seeds")
-    level = f"{study.params.evaluation.confidence:.0%}"
-    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours: {level} bootstrap interval "
-                      f"over {SIDE_NAMES[study.settings.evaluate_on]} images)"))
+    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours on the "
+                      f"{SIDE_NAMES[study.settings.evaluate_on]} side)"))
+    note(f"<small>{interval_note(ours.values())}</small>")
     rates = frame[frame["paper"] <= 1]  # counts (layers, parameters) are compared in the table only
     if len(rates):
-        display(plots.paper_vs_ours(rates))
+        display(comparison_plots.paper_vs_ours(rates))
     prov = study.provenance()
     lines = [f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)]
     if len(missing):
@@ -289,7 +312,8 @@ def provenance(study: Study) -> pd.DataFrame:
                         "sha256": w.get("sha256", "—"), "loaded from": w.get("from", "—")})
     show(table(pd.DataFrame(records), "Initial weights"))
     sizes = pd.DataFrame([{"protocol": p, **{SIDE_NAMES[k]: v for k, v in s.items()}} for p, s in prov["sides"].items()])
-    show(table(sizes, "Images per side (rows of the split file; dihedral views count as images)"))
+    show(table(sizes, "Images per side (rows of the split file; dihedral views count as images; a "
+                      "cross-validation's sides are summed over its folds)"))
     facts = {
         "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"],
         "images in our dataset": prov["images"], "images in the published dataset": prov["published_images"] or "—",
@@ -306,7 +330,7 @@ def provenance(study: Study) -> pd.DataFrame:
 def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> pd.DataFrame:
     """Image-level and patient-level accuracy (mean over patients of each patient's accuracy) per `by` value,
     for every row and protocol, with bootstrap intervals that resample patients."""
-    group = study.group or "patient"
+    group = study.unit
     e = study.params.evaluation
     parts = []
     for (protocol, name), r in results.items():
@@ -325,7 +349,7 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
                                                                          out[f"{group}_ci_high"], strict=True)],
     })
     show(table(shown, f"Image-level and {group}-level accuracy per {by} ({group}-level: the mean over {group}s of each "
-                      f"{group}'s accuracy; intervals resample {group}s)"))
+                      f"{group}'s accuracy; intervals resample {group}s, and need at least {metrics.MIN_GROUPS})"))
     return out
 
 

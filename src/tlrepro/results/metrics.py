@@ -6,8 +6,10 @@ Conventions, shared by every study so that reports compare like with like:
 - a metric that is undefined for the data (ROC AUC with one class only) is None, never NaN, so that the
   metrics JSON stays valid JSON; an undefined precision/recall (no predicted or true positives) is 0.0,
   as scikit-learn's `zero_division=0`;
-- intervals are percentile bootstraps over images (or over patients, `grouped_accuracy`); the number of
-  resamples in which a metric was defined is reported beside it.
+- intervals are percentile bootstraps over the independent unit: images, or, where images come in groups (a
+  patient's images are not independent of each other), whole groups; with fewer than MIN_GROUPS groups no
+  interval is given ("too few patients for an interval"). The number of resamples in which a metric was
+  defined is reported beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tlrepro.core.fileio import plain
 from tlrepro.data.labels import BINARY_CLASSES
 
 LABELS = (0, 1)
-CI_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+MIN_GROUPS = 10  # fewer groups than this cannot bound a figure: no interval is shown
 
 
 def _arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +56,8 @@ def binary_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "precision": float(skm.precision_score(y, pred, labels=LABELS, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, labels=LABELS, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, labels=LABELS, zero_division=0)),  # sensitivity
+        "specificity": float(skm.recall_score(y, pred, labels=LABELS, pos_label=0, zero_division=0)),
         "f1": float(skm.f1_score(y, pred, labels=LABELS, zero_division=0)),
         "roc_auc": _auc(y, p),
         "loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=LABELS)),
@@ -81,6 +85,7 @@ def _resample_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray, thresho
             "accuracy": (tp + tn) / weights.sum(axis=1),
             "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
             "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
+            "specificity": np.where(tn + fp > 0, tn / (tn + fp), 0.0),
             "f1": np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
         }
         # ROC AUC = P(score of a malignant > score of a benign), ties counting one half (Mann-Whitney),
@@ -97,33 +102,48 @@ def _resample_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray, thresho
     return out
 
 
-def _weights(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+def draw_weights(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
     idx = rng.integers(0, n, size=(rows, n))
     return np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
 def bootstrap_ci(y_true: Any, y_prob: Any, *, metrics: Sequence[str] = CI_METRICS, resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 42, threshold: float = 0.5, chunk: int = 250
-                 ) -> dict[str, tuple[float | None, float | None, int]]:
-    """Percentile bootstrap over images: (low, high, valid resamples) per metric.
+                 confidence: float = 0.95, seed: int = 42, threshold: float = 0.5, chunk: int = 250,
+                 groups: Sequence | None = None) -> dict[str, tuple[float | None, float | None, int]]:
+    """Percentile bootstrap over images, or over whole groups when `groups` gives each image's group (a drawn
+    group brings all its images): (low, high, valid resamples) per metric.
 
     Resamples where a metric is undefined (AUC of a one-class resample) are skipped for that metric and
     counted out of `valid`; a metric undefined in every resample gets (None, None, 0). Seeded.
     """
     y, p = _arrays(y_true, y_prob)
+    members = _group_index(groups, y.size)
     unknown = set(metrics) - set(CI_METRICS)
     if unknown:
         raise ValueError(f"bootstrap_ci cannot compute {sorted(unknown)}.")
     rng = np.random.default_rng(seed)
     values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for start in range(0, resamples, chunk):  # chunks bound memory at chunk x n weights
-        result = _resample_metrics(y, p, _weights(rng, min(chunk, resamples - start), y.size), threshold)
+        size = min(chunk, resamples - start)
+        weights = (draw_weights(rng, size, y.size) if members is None
+                   else draw_weights(rng, size, int(members.max()) + 1)[:, members])
+        result = _resample_metrics(y, p, weights, threshold)
         for m in metrics:
             values[m].append(result[m])
-    return {m: _percentiles(np.concatenate(values[m]), confidence) for m in metrics}
+    return {m: percentiles(np.concatenate(values[m]), confidence) for m in metrics}
 
 
-def _percentiles(v: np.ndarray, confidence: float) -> tuple[float | None, float | None, int]:
+def _group_index(groups: Sequence | None, n: int) -> np.ndarray | None:
+    """Each image's group as 0..G-1 (groups in sorted order), or None for image-level resampling."""
+    if groups is None:
+        return None
+    values = np.asarray(groups, dtype=object).astype(str)
+    if values.size != n:
+        raise ValueError(f"groups has {values.size} entries for {n} images.")
+    return np.unique(values, return_inverse=True)[1]
+
+
+def percentiles(v: np.ndarray, confidence: float) -> tuple[float | None, float | None, int]:
     v = v[~np.isnan(v)]
     alpha = (1 - confidence) / 2
     if not v.size:
@@ -132,24 +152,55 @@ def _percentiles(v: np.ndarray, confidence: float) -> tuple[float | None, float 
 
 
 def evaluate(y_true: Any, y_prob: Any, *, seed: int, resamples: int, confidence: float, threshold: float = 0.5,
-             ci_metrics: Sequence[str] = CI_METRICS) -> dict[str, Any]:
+             ci_metrics: Sequence[str] = CI_METRICS, groups: Sequence | None = None, unit: str = "patient"
+             ) -> dict[str, Any]:
     """Everything a study stores for one model on one side: flat keys, rounded, JSON-ready.
 
-    Keys: accuracy, precision, recall, f1, roc_auc, loss, n, confusion, confusion_normalized, threshold,
-    `<m>_ci_low` / `<m>_ci_high` / `<m>_ci_valid` for each CI metric, ci_confidence, ci_resamples,
-    classification_report.
+    Keys: accuracy, precision, recall (sensitivity), specificity, f1, roc_auc, loss, n, confusion,
+    confusion_normalized, threshold, `<m>_ci_low` / `<m>_ci_high` / `<m>_ci_valid` for each CI metric,
+    ci_confidence, ci_resamples, ci_unit, classification_report. With `groups` (each image's `unit`, e.g.
+    patient), intervals resample groups, `<unit>s` counts them and `<unit>_accuracy` is the mean over groups of
+    each group's accuracy (with its interval); under MIN_GROUPS groups the intervals are None and `ci_note`
+    says why.
     """
     y, p = _arrays(y_true, y_prob)
     result = binary_metrics(y, p, threshold)
     ci = bootstrap_ci(y, p, metrics=ci_metrics, resamples=resamples, confidence=confidence, seed=seed,
-                      threshold=threshold)
+                      threshold=threshold, groups=groups)
+    too_few = groups is not None and len(set(map(str, groups))) < MIN_GROUPS
     for name, (low, high, valid) in ci.items():
+        if too_few:
+            low, high = None, None
         result[f"{name}_ci_low"], result[f"{name}_ci_high"], result[f"{name}_ci_valid"] = low, high, valid
-    result.update(threshold=threshold, ci_confidence=confidence, ci_resamples=resamples)
+    result.update(threshold=threshold, ci_confidence=confidence, ci_resamples=resamples,
+                  ci_unit=unit if groups is not None else "image")
+    if groups is not None:
+        per = group_accuracy(y, p, groups, threshold=threshold, seed=seed, resamples=resamples,
+                             confidence=confidence)
+        result[f"{unit}s"] = per["groups"]
+        result[f"{unit}_accuracy"] = per["accuracy"]
+        result[f"{unit}_accuracy_ci_low"], result[f"{unit}_accuracy_ci_high"] = (
+            (None, None) if too_few else (per["ci_low"], per["ci_high"]))
+        if too_few:
+            result["ci_note"] = f"too few {unit}s for an interval ({per['groups']}; at least {MIN_GROUPS} needed)"
     result["classification_report"] = skm.classification_report(
         y, (p >= threshold).astype(int), labels=LABELS, target_names=BINARY_CLASSES, output_dict=True,
         zero_division=0)
     return plain(result)
+
+
+def group_accuracy(y_true: Any, y_prob: Any, groups: Sequence, *, threshold: float, seed: int, resamples: int,
+                   confidence: float) -> dict[str, Any]:
+    """Group-level accuracy, the mean over groups of each group's accuracy (wang2024's patient-level accuracy,
+    Eq. 1-2), with a percentile interval from resampling groups."""
+    y, p = _arrays(y_true, y_prob)
+    members = _group_index(groups, y.size)
+    correct = ((p >= threshold).astype(int) == y).astype(float)
+    sizes = np.bincount(members).astype(float)
+    per_group = np.bincount(members, weights=correct) / sizes
+    draws = draw_weights(np.random.default_rng(seed + 1), resamples, len(per_group)) @ per_group / len(per_group)
+    low, high, _ = percentiles(draws, confidence)
+    return {"accuracy": float(per_group.mean()), "ci_low": low, "ci_high": high, "groups": int(len(per_group))}
 
 
 def without_matches(y_true: Any, y_prob: Any, matches: Sequence[str], **kwargs: Any) -> dict[str, Any] | None:
@@ -159,6 +210,8 @@ def without_matches(y_true: Any, y_prob: Any, matches: Sequence[str], **kwargs: 
     if clean.all() or not clean.any():
         return None
     y, p = _arrays(y_true, y_prob)
+    if kwargs.get("groups") is not None:
+        kwargs["groups"] = np.asarray(kwargs["groups"], dtype=object)[clean]
     return {**evaluate(y[clean], p[clean], **kwargs), "removed": int((~clean).sum())}
 
 
@@ -167,8 +220,8 @@ def multiclass_accuracy(labels: np.ndarray, probs: np.ndarray, *, seed: int, res
     """Accuracy of argmax predictions (a pretraining step's figure) with its bootstrap interval."""
     correct = (np.asarray(probs).argmax(axis=1) == np.asarray(labels)).astype(float)
     rng = np.random.default_rng(seed)
-    draws = _weights(rng, resamples, len(correct)) @ correct / len(correct)
-    low, high, valid = _percentiles(draws, confidence)
+    draws = draw_weights(rng, resamples, len(correct)) @ correct / len(correct)
+    low, high, valid = percentiles(draws, confidence)
     return plain({"accuracy": float(correct.mean()), "accuracy_ci_low": low, "accuracy_ci_high": high,
                   "accuracy_ci_valid": valid, "n": len(correct)})
 
@@ -207,7 +260,7 @@ def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by
     """Image-level and group-level (patient-level) accuracy, overall and per `by` value (magnification).
 
     Group-level accuracy is the mean over groups of each group's accuracy (wang2024's Eq. 1-2). Intervals
-    resample groups, not images: images of one patient are not independent.
+    resample groups, not images: images of one patient are not independent; under MIN_GROUPS groups there are none.
     """
     data = frame.assign(_correct=np.asarray(correct, dtype=float)).reset_index(drop=True)
     groups = sorted(data.groupby(by), key=lambda kv: (0, float(kv[0])) if str(kv[0]).replace(".", "").isdigit()
@@ -218,11 +271,11 @@ def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by
     for value, part in parts:
         per_group = part.groupby(group)["_correct"].agg(["sum", "count"])
         k = len(per_group)
-        weights = _weights(rng, resamples, k)
+        weights = draw_weights(rng, resamples, k)
         image = weights @ per_group["sum"].to_numpy() / (weights @ per_group["count"].to_numpy())
         patient = weights @ (per_group["sum"] / per_group["count"]).to_numpy() / k
-        il, ih, _ = _percentiles(image, confidence)
-        pl, ph, _ = _percentiles(patient, confidence)
+        il, ih, _ = percentiles(image, confidence) if k >= MIN_GROUPS else (None, None, 0)
+        pl, ph, _ = percentiles(patient, confidence) if k >= MIN_GROUPS else (None, None, 0)
         rows.append({"subset": str(value), "images": int(per_group["count"].sum()), f"{group}s": k,
                      "image_accuracy": float(part["_correct"].mean()), "image_ci_low": il, "image_ci_high": ih,
                      f"{group}_accuracy": float((per_group["sum"] / per_group["count"]).mean()),

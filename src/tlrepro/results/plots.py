@@ -7,21 +7,12 @@ lives here, so every figure can be redrawn from saved CSV/JSON outputs.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
-from io import BytesIO
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.ticker
-
-if "ipykernel" not in sys.modules and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # headless (DVC stages, CI): never try to open a window
-
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -29,49 +20,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
 from tlrepro.core import fileio
-from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.results.figure_style import CLASS_NAMES, PALETTE, SPLIT_ORDER, new_figure, styled
 from tlrepro.results.metrics import roc_curve_points
-
-CLASS_NAMES = dict(enumerate(BINARY_CLASSES))
-PALETTE = {"benign": "#4C72B0", "malignant": "#C44E52"}
-SPLIT_ORDER = ("train", "val", "validation", "test")
-_RC = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook"),
-       "axes.titleweight": "bold", "figure.dpi": 100}
-
-
-def _show_in_ipython() -> None:
-    """Let IPython display a bare Figure returned by a cell as a PNG (once: it is not in pyplot's list)."""
-    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
-    if shell is None:
-        return
-    png = shell.display_formatter.formatters["image/png"]
-    try:
-        png.lookup_by_type(Figure)
-    except KeyError:
-        png.for_type(Figure, _png_bytes)
-
-
-def _png_bytes(fig: Figure, dpi: int = 100) -> bytes:
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _styled(func: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Draw inside one rc context: the same look everywhere, without changing the caller's settings."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Figure:
-        _show_in_ipython()
-        with matplotlib.rc_context(_RC):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5, 4), **kw: Any):
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
 def _label_name(label: Any) -> str:
@@ -81,14 +31,14 @@ def _label_name(label: Any) -> str:
         return str(label)
 
 
-@_styled
+@styled
 def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col: str = "label") -> Figure:
     """Images per split and class: a skewed split changes what accuracy means."""
     counts = (split_frame.assign(_label=split_frame[label_col].map(_label_name))
               .groupby([split_col, "_label"]).size().rename("images").reset_index())
     splits = [s for s in SPLIT_ORDER if s in set(counts[split_col])]
     splits += sorted(set(counts[split_col]) - set(splits))
-    fig, axes = _figure(size=(max(5, 1.8 * len(splits)), 4))
+    fig, axes = new_figure(size=(max(5, 1.8 * len(splits)), 4))
     ax = axes[0, 0]
     sns.barplot(counts, x=split_col, y="images", hue="_label", order=splits, palette=PALETTE,
                 hue_order=[h for h in PALETTE if h in set(counts["_label"])], ax=ax)
@@ -99,7 +49,7 @@ def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col
     return fig
 
 
-@_styled
+@styled
 def sample_grid(paths: Sequence[str | Path], labels: Sequence[Any], n: int = 16, seed: int = 42,
                 title: str | None = None) -> Figure:
     """A seeded random sample of images titled with their labels: a look at what the model sees."""
@@ -109,7 +59,7 @@ def sample_grid(paths: Sequence[str | Path], labels: Sequence[Any], n: int = 16,
     picks = rng.choice(len(paths), size=min(n, len(paths)), replace=False) if len(paths) else []
     cols = min(4, max(1, len(picks)))
     rows = max(1, math.ceil(len(picks) / cols))
-    fig, axes = _figure(rows, cols, size=(2.5, 2.7))
+    fig, axes = new_figure(rows, cols, size=(2.5, 2.7))
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, picks, strict=False):
@@ -132,13 +82,13 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image * scale, 0, 255).astype(np.uint8)
 
 
-@_styled
+@styled
 def augmentation_preview(original: np.ndarray, augmented: Sequence[np.ndarray]) -> Figure:
     """The original image first, then its augmented versions (the caller runs the keras layers)."""
     tiles = [("original", original)] + [(f"augmented {i + 1}", a) for i, a in enumerate(augmented)]
     cols = 3 if len(tiles) <= 9 else 4
     rows = math.ceil(len(tiles) / cols)
-    fig, axes = _figure(rows, cols, size=(2.6, 2.8))
+    fig, axes = new_figure(rows, cols, size=(2.6, 2.8))
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, image) in zip(axes.flat, tiles, strict=False):
@@ -147,7 +97,7 @@ def augmentation_preview(original: np.ndarray, augmented: Sequence[np.ndarray]) 
     return fig
 
 
-@_styled
+@styled
 def training_curves(histories: Mapping[str, pd.DataFrame], marks: Mapping[str, int] | None = None,
                     mark_label: str = "weights evaluated") -> Figure:
     """Per model a row: loss and accuracy by epoch, train vs validation; absent columns are skipped.
@@ -155,7 +105,7 @@ def training_curves(histories: Mapping[str, pd.DataFrame], marks: Mapping[str, i
     `marks` (1-based epochs) draws a line where the evaluated weights come from (restored best weights);
     epochs after it are shaded.
     """
-    fig, axes = _figure(len(histories) or 1, 2, size=(5, 3.5))
+    fig, axes = new_figure(len(histories) or 1, 2, size=(5, 3.5))
     for row, (name, history) in zip(axes, histories.items(), strict=False):
         epochs = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
         mark = (marks or {}).get(name)
@@ -176,11 +126,11 @@ def training_curves(histories: Mapping[str, pd.DataFrame], marks: Mapping[str, i
     return fig
 
 
-@_styled
+@styled
 def confusion_matrices(cms: Mapping[str, Any], normalize: bool = True,
                        labels: Sequence[str] = ("benign", "malignant")) -> Figure:
     """One annotated heatmap per model; rows are the true class, normalized per row when asked."""
-    fig, axes = _figure(1, len(cms) or 1, size=(4, 3.6))
+    fig, axes = new_figure(1, len(cms) or 1, size=(4, 3.6))
     for ax, (name, cm) in zip(axes.flat, cms.items(), strict=False):
         cm = np.asarray(cm, dtype=float)
         if normalize:
@@ -193,10 +143,10 @@ def confusion_matrices(cms: Mapping[str, Any], normalize: bool = True,
     return fig
 
 
-@_styled
+@styled
 def roc_curves(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
     """All models' ROC curves on one axes, AUC in the legend, against the chance diagonal."""
-    fig, axes = _figure(size=(5.5, 5))
+    fig, axes = new_figure(size=(5.5, 5))
     ax = axes[0, 0]
     for name, (y_true, y_prob) in curves.items():
         points = roc_curve_points(y_true, y_prob)
@@ -212,7 +162,7 @@ def _lr_label(lr: float) -> str:
     return f"{lr:g}"
 
 
-@_styled
+@styled
 def grid_lines(grid: pd.DataFrame, best: pd.DataFrame) -> Figure:
     """Validation accuracy vs epochs, a line per learning rate, a panel per backbone, best cell starred.
 
@@ -221,7 +171,7 @@ def grid_lines(grid: pd.DataFrame, best: pd.DataFrame) -> Figure:
     backbones = list(dict.fromkeys(grid["backbone"]))
     cols = min(2, len(backbones)) or 1
     rows = math.ceil(len(backbones) / cols) or 1
-    fig, axes = _figure(rows, cols, size=(5, 3.8), sharey=True)
+    fig, axes = new_figure(rows, cols, size=(5, 3.8), sharey=True)
     rates = sorted(grid["learning_rate"].unique())
     colors = dict(zip(rates, sns.color_palette("viridis", len(rates)), strict=True))
     for ax in axes.flat[len(backbones):]:
@@ -245,11 +195,11 @@ def grid_lines(grid: pd.DataFrame, best: pd.DataFrame) -> Figure:
     return fig
 
 
-@_styled
+@styled
 def grid_heatmap(grid: pd.DataFrame) -> Figure:
     """Validation accuracy per learning rate x epochs, a panel per backbone, one shared colour scale."""
     backbones = list(dict.fromkeys(grid["backbone"]))
-    fig, axes = _figure(1, len(backbones) or 1, size=(4.8, 3.6))
+    fig, axes = new_figure(1, len(backbones) or 1, size=(4.8, 3.6))
     vmin, vmax = grid["val_accuracy"].min(), grid["val_accuracy"].max()
     for ax, backbone in zip(axes.flat, backbones, strict=False):
         table = grid[grid["backbone"] == backbone].pivot_table(
@@ -261,37 +211,6 @@ def grid_heatmap(grid: pd.DataFrame) -> Figure:
     return fig
 
 
-@_styled
-def paper_vs_ours(compare_frame: pd.DataFrame, metric: str | None = None) -> Figure:
-    """The paper's figure (diamond) beside ours (dot, with our bootstrap CI) per row, a panel per metric.
-
-    `compare_frame` is tlrepro.results.compare.compare's output; rows without our value show the paper's alone.
-    """
-    frame = compare_frame if metric is None else compare_frame[compare_frame["metric"] == metric]
-    metrics = list(dict.fromkeys(frame["metric"]))
-    rows = list(dict.fromkeys(frame["row"]))
-    where = {row: i for i, row in enumerate(rows)}
-    cols = min(4, len(metrics)) or 1
-    fig, axes = _figure(math.ceil(len(metrics) / cols) or 1, cols, size=(4.2, 0.6 * max(3, len(rows)) + 1),
-                        sharey=True)
-    for ax in axes.flat[len(metrics):]:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, metrics, strict=False):
-        part = frame[frame["metric"] == name]
-        ypos = part["row"].map(where).to_numpy(dtype=float)
-        ours = part["ours"].astype(float)
-        low = (ours - part["ci_low"].astype(float)).clip(lower=0).fillna(0)
-        high = (part["ci_high"].astype(float) - ours).clip(lower=0).fillna(0)
-        ax.errorbar(ours, ypos + 0.12, xerr=[low, high], fmt="o", color="#C44E52", capsize=3, label="ours")
-        ax.scatter(part["paper"].astype(float), ypos - 0.12, marker="D", color="#4C72B0", label="paper",
-                   zorder=3)
-        ax.set(title=name, xlabel=name)
-    axes.flat[0].set_yticks(range(len(rows)), rows)
-    axes.flat[0].set_ylim(len(rows) - 0.5, -0.5)  # first row on top
-    axes.flat[0].legend(fontsize=8)
-    return fig
-
-
 def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write a figure as PNG atomically (a crash never leaves half a PNG for DVC to cache)."""
     path = Path(path)
@@ -300,43 +219,7 @@ def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-@_styled
-def forest(frame: pd.DataFrame) -> Figure:
-    """Every headline rate (0-1) of every study: the paper's figure (diamond) beside ours (dot) with our
-    interval (thin bar) and the spread over training seeds (thick bar, mean ± sd), one line per figure.
-
-    `frame` is tlrepro.results.compare.compare output with a `study` column (and `random_init`, flagging rows
-    trained without ImageNet weights, whose labels then say so).
-    """
-    rates = frame[(frame["paper"] <= 1) & ~frame["metric"].str.contains("loss")].reset_index(drop=True)
-    randoms = rates["random_init"] if "random_init" in rates else pd.Series(False, index=rates.index)
-    labels = [f"{s} · {r}{' (random init)' if rnd else ''} · {m.replace('_', ' ')}"
-              for s, r, m, rnd in zip(rates["study"], rates["row"], rates["metric"], randoms, strict=True)]
-    fig, axes = _figure(size=(9, 0.28 * max(len(rates), 4) + 1.2))
-    ax = axes[0, 0]
-    y = np.arange(len(rates))
-    ours = rates["ours"].astype(float)
-    low = (ours - rates["ci_low"].astype(float)).clip(lower=0).fillna(0)
-    high = (rates["ci_high"].astype(float) - ours).clip(lower=0).fillna(0)
-    ax.errorbar(ours, y + 0.15, xerr=[low, high], fmt="o", color="#C44E52", markersize=4, capsize=2,
-                elinewidth=1, label="ours, with its interval")
-    spread = rates["seed_std"].astype(float)
-    has = spread.notna()
-    if has.any():
-        ax.errorbar(rates["seed_mean"][has], y[has] + 0.15, xerr=spread[has], fmt="none", ecolor="#8B1A1A",
-                    elinewidth=4, alpha=0.5, label="ours over seeds (mean ± sd)")
-    ax.scatter(rates["paper"], y - 0.15, marker="D", s=22, color="#4C72B0", label="paper", zorder=3)
-    for boundary in np.flatnonzero(rates["study"].ne(rates["study"].shift()).to_numpy())[1:]:
-        ax.axhline(boundary - 0.5, color="#bbb", linewidth=0.8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.set_ylim(len(rates) - 0.5, -0.5)
-    ax.set_xlim(max(0.0, float(np.nanmin([rates["paper"].min(), rates["ci_low"].min()])) - 0.05), 1.0)
-    ax.set(xlabel="rate (0-1)", title="Every headline figure: paper beside ours")
-    ax.legend(fontsize=8, loc="lower left")
-    return fig
-
-
-@_styled
+@styled
 def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], probability: Sequence[float],
                     truth: Sequence[str] | None = None, *, n: int = 16, cols: int = 4, seed: int = 42,
                     title: str | None = None) -> Figure:
@@ -347,7 +230,7 @@ def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], proba
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False)) if len(paths) else []
     rows = max(1, math.ceil(len(picks) / cols))
-    fig, axes = _figure(rows, cols, size=(2.5, 2.8))
+    fig, axes = new_figure(rows, cols, size=(2.5, 2.8))
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, picks, strict=False):
@@ -368,10 +251,10 @@ def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], proba
 
 
 
-@_styled
+@styled
 def validation_curves(histories: Mapping[str, pd.DataFrame], title: str | None = None) -> Figure:
     """Validation accuracy and loss against epochs, every model on the same pair of axes (kumar2022's Fig. 6)."""
-    fig, axes = _figure(1, 2, size=(5.5, 3.8))
+    fig, axes = new_figure(1, 2, size=(5.5, 3.8))
     for ax, metric in zip(axes.flat, ("val_accuracy", "val_loss"), strict=True):
         for name, history in histories.items():
             if metric in history:
@@ -384,13 +267,13 @@ def validation_curves(histories: Mapping[str, pd.DataFrame], title: str | None =
     return fig
 
 
-@_styled
+@styled
 def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | None = None) -> Figure:
     """Image-level and group-level accuracy with their intervals per subset (e.g. magnification), one bar pair
     per row; `table` has columns model, subset, image_accuracy, image_ci_low/high, <group>_accuracy, ..."""
     models_ = list(dict.fromkeys(table["model"]))
     subsets = list(dict.fromkeys(table["subset"]))
-    fig, axes = _figure(1, len(models_) or 1, size=(4.2, 3.6), sharey=True)
+    fig, axes = new_figure(1, len(models_) or 1, size=(4.2, 3.6), sharey=True)
     width = 0.38
     for ax, model in zip(axes.flat, models_, strict=False):
         part = table[table["model"] == model].set_index("subset").reindex(subsets)
@@ -408,14 +291,14 @@ def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | 
     return fig
 
 
-@_styled
+@styled
 def image_rows(rows: Mapping[str, Sequence[np.ndarray]], titles: Sequence[str] | None = None,
                reference: np.ndarray | None = None, title: str | None = None) -> Figure:
     """Images in rows (e.g. original / normalized by method A / by method B), one column per image; the
     reference image, when given, in a first column of its own."""
     n = max((len(v) for v in rows.values()), default=0)
     extra = 1 if reference is not None else 0
-    fig, axes = _figure(len(rows) or 1, n + extra, size=(2.6, 2.2))
+    fig, axes = new_figure(len(rows) or 1, n + extra, size=(2.6, 2.2))
     for ax in axes.flat:
         ax.axis("off")
     for r, (name, images_) in enumerate(rows.items()):

@@ -23,6 +23,8 @@ from tlrepro.data.leakage import with_hashes
 from tlrepro.data.splits import read_split
 from tlrepro.modeling import backbones, cards, models, training
 from tlrepro.results import compare, metrics
+from tlrepro.studies import crossval
+from tlrepro.studies.crossval import Unit
 
 HEADLINE = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1", "roc_auc")
 
@@ -66,6 +68,11 @@ class Study:
         return next((a.get("group") for a in audit.values() if a.get("group")), None)
 
     @property
+    def unit(self) -> str:
+        """What the group is, as reports name it: a patient, whether identified by folder or accession number."""
+        return "patient" if self.group in (None, "patient", "accession") else str(self.group)
+
+    @property
     def paper(self) -> dict[str, Any]:
         return compare.load(self.id)
 
@@ -79,9 +86,17 @@ class Study:
     def protocol(self, name: str | None = None) -> pd.DataFrame:
         return self.split[self.split["protocol"] == (name or self.primary)].reset_index(drop=True)
 
-    def part(self, side: str, protocol: str | None = None) -> pd.DataFrame:
+    def units(self, protocol: str | None = None) -> list[Unit]:
+        """What the protocol trains one model for: each fold (cross-validation), each magnification
+        (`per_magnification`), or the whole split."""
+        return crossval.units_of(self.protocol(protocol), self.settings.per_magnification)
+
+    def cross_validated(self, protocol: str | None = None) -> bool:
+        return self.settings.protocols[protocol or self.primary].cross_validation
+
+    def part(self, side: str, protocol: str | None = None, unit: Unit = crossval.WHOLE) -> pd.DataFrame:
         frame = self.protocol(protocol)
-        return frame[frame["side"] == side].reset_index(drop=True)
+        return frame[(frame["side"] == side) & unit.select(frame)].reset_index(drop=True)
 
     def labels(self, frame: pd.DataFrame) -> np.ndarray:
         return lab.encode(frame["label"], self.classes)
@@ -89,16 +104,22 @@ class Study:
     def epochs(self, row: Row, epochs: int | None = None) -> int:
         return self.params.epochs(row, epochs)
 
+    def _groups(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Intervals resample the split's groups (patients) where it has them, else images."""
+        grouped = "group" in frame and len(frame) and (frame["group"] != "").all()
+        return {"groups": frame["group"].to_numpy(), "unit": self.unit} if grouped else {}
+
     def evaluate(self, frame: pd.DataFrame, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
         e = self.params.evaluation
         return metrics.evaluate(self.labels(frame), probs, seed=self.seed, resamples=e.bootstrap_resamples,
-                                confidence=e.confidence, threshold=threshold)
+                                confidence=e.confidence, threshold=threshold, **self._groups(frame))
 
     def evaluate_clean(self, frame: pd.DataFrame, probs: np.ndarray) -> dict[str, Any] | None:
         """The figures without the evaluation images that match a training image (None if none match)."""
         e = self.params.evaluation
         return metrics.without_matches(self.labels(frame), probs, frame["train_match"], seed=self.seed,
-                                       resamples=e.bootstrap_resamples, confidence=e.confidence)
+                                       resamples=e.bootstrap_resamples, confidence=e.confidence,
+                                       **self._groups(frame))
 
     def model_path(self, row: str, protocol: str) -> Path:
         """models/<study>/<row>.keras, or models/<study>/<protocol>/<row>.keras when there are several."""
@@ -146,21 +167,28 @@ def load_study(study_id: str, params_file: str | Path | None = None) -> Study:
 
 @dataclass
 class RowResult:
-    """One trained row under one protocol and seed: its training, and its figures on the evaluation side."""
+    """One trained row under one protocol and seed: its training, and its figures on the evaluation side.
+
+    Under cross-validation (or with one model per magnification) the result pools its units: `frame` and `probs`
+    hold every fold's evaluation rows (each image of a grouped k-fold exactly once), `folds` each unit's own
+    result, `training` the first unit's (each unit's is in `folds`), and `classifier` the last unit's model.
+    """
 
     row: Row
     protocol: str
     seed: int
-    classifier: models.Classifier
+    classifier: models.Classifier | None
     training: training.TrainResult
     side: str  # the evaluation side
     frame: pd.DataFrame  # the evaluation side's rows
     probs: np.ndarray
-    metrics: dict[str, Any]
-    clean_metrics: dict[str, Any] | None  # without the evaluation images that match a training image
-    train_metrics: dict[str, Any]
-    predict_seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    clean_metrics: dict[str, Any] | None = None  # without the evaluation images that match a training image
+    train_metrics: dict[str, Any] | None = None
+    predict_seconds: float = 0.0
     model_path: Path | None = None
+    unit: Unit = crossval.WHOLE
+    folds: list[RowResult] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -182,8 +210,9 @@ def build(study: Study, row: Row, seed: int) -> models.Classifier:
 
 
 def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int | None = None,
-            start_from: models.Classifier | None = None) -> RowResult:
-    """Build (or continue) a row's classifier, train it, and evaluate it on the study's evaluation side."""
+            start_from: models.Classifier | None = None, unit: Unit = crossval.WHOLE, evaluate: bool = True) -> RowResult:
+    """Build (or continue) a row's classifier, train it on one unit of the protocol (a fold, a magnification, or
+    the whole split), and predict the evaluation side; with `evaluate`, its figures too."""
     protocol = protocol or study.primary
     seed = study.seed if seed is None else seed
     row = study.row(name)
@@ -194,18 +223,38 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
         models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     else:
         classifier = build(study, row, seed)
-    train_frame, val_frame = study.part("train", protocol), study.part("val", protocol)
+    train_frame, val_frame = study.part("train", protocol, unit), study.part("val", protocol, unit)
+    label = ", ".join(x for x in (protocol if len(study.protocols) > 1 else "", unit.describe(study.units(protocol)))
+                      if x)
     result = training.train(classifier, train_frame, val_frame, train_labels=study.labels(train_frame),
                             val_labels=study.labels(val_frame), epochs=study.epochs(row), seed=seed,
-                            name=f"{name} ({protocol})" if len(study.protocols) > 1 else name)
+                            name=f"{study.id} · {name}" + (f" ({label})" if label else ""))
     side = study.settings.evaluate_on
-    frame = study.part(side, protocol)
-    train_probs, _ = training.predict(classifier, train_frame)
+    frame = study.part(side, protocol, unit)
     # the evaluation runs the whole model on images: the prediction time is end to end
     probs, seconds = training.predict(classifier, frame, use_cache=False)
-    check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}, seed {seed}")
-    return RowResult(row, protocol, seed, classifier, result, side, frame, probs, study.evaluate(frame, probs),
-                     study.evaluate_clean(frame, probs), study.evaluate(train_frame, train_probs), seconds)
+    check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}{', ' + label if label else ''}, seed {seed}")
+    out = RowResult(row, protocol, seed, classifier, result, side, frame, probs, predict_seconds=seconds, unit=unit)
+    if evaluate:
+        train_probs, _ = training.predict(classifier, train_frame)
+        out.metrics, out.clean_metrics = study.evaluate(frame, probs), study.evaluate_clean(frame, probs)
+        out.train_metrics = study.evaluate(train_frame, train_probs)
+    else:  # one unit of a pooled result: its own point figures (the intervals come from the pool)
+        out.metrics = {**metrics.binary_metrics(study.labels(frame), probs), "threshold": 0.5}
+    return out
+
+
+def pooled(study: Study, parts: list[RowResult]) -> RowResult:
+    """One result from a row's units (folds, magnifications): their evaluation rows and probabilities together,
+    evaluated once over every image (intervals resample the groups of all of them), with the spread across folds."""
+    first, last = parts[0], parts[-1]
+    frame = pd.concat([p.frame for p in parts], ignore_index=True)
+    probs = np.concatenate([np.asarray(p.probs) for p in parts])
+    result = RowResult(first.row, first.protocol, first.seed, last.classifier, first.training, first.side, frame,
+                       probs, predict_seconds=sum(p.predict_seconds for p in parts), folds=parts)
+    result.metrics, result.clean_metrics = study.evaluate(frame, probs), study.evaluate_clean(frame, probs)
+    result.extra["fold_spread"] = crossval.fold_spread(frame, probs, study.labels(frame))
+    return result
 
 
 def check_finite(probs: np.ndarray, where: str, context: str) -> None:
@@ -237,27 +286,39 @@ class Results:
 
 def run_rows(study: Study, *, protocols: list[str] | None = None, save: bool = True,
              on_result: Any = None) -> Results:
-    """Every row of the study under every protocol, in order (a `start_from` row continues its source's
-    model), `repeats` times with seeds seed, seed + 1, ...; the study seed's models are saved with cards."""
+    """Every row of the study under every protocol, in order (a `start_from` row continues its source's model
+    within the same fold), `repeats` times with seeds seed, seed + 1, ...; each protocol's units (its folds,
+    and magnifications with `per_magnification`) train separately and their predictions are pooled. The study
+    seed's models of single-unit protocols are saved with cards (a fold's model saw only part of the data)."""
     results = Results()
     for protocol in protocols or study.protocols:
+        units = study.units(protocol)
         for repeat in range(study.settings.repeats):
             seed = study.seed + repeat
-            trained: dict[str, models.Classifier] = {}
+            parts: dict[str, list[RowResult]] = {}
+            for unit in units:
+                trained: dict[str, models.Classifier] = {}
+                for row in study.rows:
+                    started = time.perf_counter()
+                    source = trained.get(row.start_from) if row.start_from else None
+                    part = run_row(study, row.name, protocol=protocol, seed=seed, start_from=source, unit=unit,
+                                   evaluate=len(units) == 1)
+                    part.extra["wall_seconds"] = time.perf_counter() - started
+                    parts.setdefault(row.name, []).append(part)
+                    trained[row.name] = part.classifier
+                if unit is not units[-1]:
+                    for done in parts.values():  # a finished fold's models are not needed again
+                        done[-1].classifier = None
             for row in study.rows:
-                started = time.perf_counter()
-                source = trained.get(row.start_from) if row.start_from else None
-                result = run_row(study, row.name, protocol=protocol, seed=seed, start_from=source)
-                result.extra["wall_seconds"] = time.perf_counter() - started
+                result = parts[row.name][0] if len(units) == 1 else pooled(study, parts[row.name])
                 key = (protocol, row.name)
                 results.seeds.setdefault(key, []).append(result.metrics)
                 if repeat == 0:
-                    if save:
+                    if save and len(units) == 1:
                         result.model_path = save_model(study, result)
                     results.by_key[key] = result
                     if on_result is not None:
                         on_result(result)
-                trained[row.name] = result.classifier
     return results
 
 
@@ -300,55 +361,3 @@ def save_model(study: Study, result: RowResult) -> Path:
                     figures=result.metrics, train_frame=study.part("train", result.protocol))
     path, _ = cards.save(result.classifier.model, study.model_path(result.row.name, result.protocol), card)
     return path
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def headline(figures: dict[str, Any], spread: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dozen figures per study `dvc metrics show` prints: per row accuracy with its CI, F1, AUC."""
-    out = {k: figures.get(k) for k in HEADLINE}
-    if spread:
-        out["accuracy_seed_sd"] = spread["std"]
-    return out
-
-
-def result_key(study: Study, protocol: str, row: str) -> str:
-    return row if len(study.protocols) == 1 else f"{protocol}/{row}"
-
-
-def write_metrics(study: Study, rows: dict[str, dict[str, Any]], details: dict[str, Any]) -> Path:
-    """reports/metrics/<study>.json (headline figures, a DVC metric) and <study>.details.json (everything
-    else: classification reports, confusion matrices, seed spreads, leak-free figures, provenance).
-    Deterministic values only (no times), so the same parameters give the same bytes."""
-    target = paths.study_output(paths.study_outputs(study.id)["metrics"])
-    fileio.write_json(target, {"study": study.id, "dataset": study.dataset, "random_init": study.random_init(),
-                           "results": rows})
-    fileio.write_json(paths.study_output(paths.study_outputs(study.id)["details"]),
-                  {"study": study.id, "provenance": study.provenance(), **details})
-    return target
-
-
-def write_plot_table(study: Study, name: str, frame: pd.DataFrame) -> Path:
-    """reports/plots/<study>/<name>.csv, declared as DVC plots."""
-    return fileio.write_csv(paths.study_output(f"{paths.study_outputs(study.id)['plots']}/{name}.csv"), frame)
-
-
-def write_timings(study: Study, timings: dict[str, Any]) -> Path:
-    """reports/timings/<study>.json: wall times vary run to run, so they stay out of the metrics."""
-    return fileio.write_json(paths.study_output(paths.study_outputs(study.id)["timings"]), timings)
-
-
-def results_details(study: Study, results: Results) -> dict[str, Any]:
-    """Per (protocol, row): every figure on the evaluation side, without leaked images, on train, the seed
-    spread, and the training facts (epochs run, the epoch whose weights were evaluated, the path)."""
-    out: dict[str, Any] = {}
-    for (protocol, name), r in results.items():
-        out[result_key(study, protocol, name)] = {
-            "protocol": protocol, "row": name, "side": r.side, "evaluation": r.metrics,
-            "without_train_matches": r.clean_metrics, "train": r.train_metrics,
-            "seeds": {m: results.spread((protocol, name), m) for m in ("accuracy", "f1", "roc_auc")},
-            "epochs_run": r.training.epochs_run, "best_epoch": r.training.best_epoch,
-            "training_path": r.training.path, "model": study.model_name(name, protocol) if r.model_path else None,
-        }
-    return out

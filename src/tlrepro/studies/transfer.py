@@ -40,7 +40,8 @@ def pretrain(key: str) -> Path:
         index = index[index["label"].isin(entry.classes)]
     index = cap_per_class(index, params.scale.max_images_per_class, params.seed)
     classes = lab.class_names(index["label"], "folder", entry.classes)
-    split = split_protocol(index, entry.split, seed=params.seed, group=None, where=f"{where}.split")
+    split = split_protocol(index, entry.split, seed=params.seed, group=None, where=f"{where}.split",
+                           max_distance=params.leakage.phash_max_distance)
     train, val = split[split["side"] == "train"], split[split["side"] == "val"]
     training.seed_everything(params.seed)
     classifier = models.build_classifier(row, classes=classes, seed=params.seed)
@@ -68,6 +69,7 @@ def pretrain(key: str) -> Path:
                      "path": result.path, "seconds": round(time.perf_counter() - started, 1),
                      "history": result.history.round(6).to_dict(orient="list")},
         "data": {"dataset": entry.dataset, "classes": list(classes), "sides": split.groupby("side").size().to_dict(),
+                 "split": entry.split.method + (f" by {entry.split.group}" if entry.split.group else ""),
                  "index_sha256": fileio.file_sha256(paths.index_csv(entry.dataset))},
         "metrics": {"side": "val", **figures},
         "phash_max_distance": params.leakage.phash_max_distance,
