@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,21 +38,38 @@ def reference_image(index: pd.DataFrame, name: str, where: str) -> np.ndarray:
     return np.asarray(load_rgb(paths.PROJECT_ROOT / match["path"].iloc[0]))
 
 
+def fitted_normalizer(params: config.Params, key: str) -> Any:
+    """The stain normalizer of derived dataset `key`, fitted to its reference image (a UserError if unusable)."""
+    from tlrepro.data.stain import StainNormalizer
+
+    entry = params.derived[key]
+    where = f"derived.{key}.stain"
+    try:
+        return StainNormalizer(entry.stain.method, reference_image(read_index(entry.source), entry.stain.reference, where))
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}: choose another reference image.") from None
+
+
+def input_steps(params: config.Params, dataset: str) -> list[dict[str, Any]]:
+    """What a model trained on `dataset` needs done to a raw image before its own layers, as its card records
+    it: for a stain-normalized derived dataset, the normalizer with its fitted reference; else nothing."""
+    entry = params.derived.get(dataset)
+    if entry is None:
+        return []
+    return [{**fitted_normalizer(params, dataset).card(), "reference": entry.stain.reference, "dataset": dataset}]
+
+
 def derive_dataset(key: str) -> pd.DataFrame:
     """Write data/derived/<key>/ and data/index/<key>.csv (+ .rejected, .duplicates, .stain); returns the index."""
-    from tlrepro.data.stain import StainNormalizer, normalize_files
+    from tlrepro.data.stain import normalize_files
 
     params = config.load_params()
     if key not in params.derived:
         raise UserError(f"`{key}` is not a derived dataset: params.yaml `derived` has "
                         f"{', '.join(params.derived) or 'none'}.")
     entry = params.derived[key]
-    where = f"derived.{key}.stain"
     source_index = read_index(entry.source)
-    try:
-        normalizer = StainNormalizer(entry.stain.method, reference_image(source_index, entry.stain.reference, where))
-    except ValueError as exc:
-        raise UserError(f"{where}: {exc}: choose another reference image.") from None
+    normalizer = fitted_normalizer(params, key)
     source_root = paths.raw_dir(entry.source)
     target = paths.derived_dir(key)
     with fileio.atomic_dir(target) as tmp:

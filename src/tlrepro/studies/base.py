@@ -17,6 +17,7 @@ import pandas as pd
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import Row
 from tlrepro.core.errors import UserError
+from tlrepro.data import derive
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.leakage import with_hashes
@@ -287,6 +288,8 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
         "report": f"reports/{study.id}.html",
         "phash_max_distance": study.params.leakage.phash_max_distance,
         "training_phashes": training_phashes(train_frame),
+        **cards.seen_fields(train_frame, study.part("val", protocol), row.init_from),
+        "before_model": derive.input_steps(study.params, study.dataset),  # e.g. stain normalization, fitted
     }
 
 
