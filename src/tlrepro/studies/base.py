@@ -104,7 +104,20 @@ class Study:
         return f"{self.id}/{row}" if len(self.protocols) == 1 else f"{self.id}/{protocol}/{row}"
 
     def random_init(self) -> list[str]:
-        return [r.name for r in self.rows if r.weights == "random"]
+        """Rows trained without ImageNet weights: `weights: random`, or through their `init_from` entry."""
+        via = self.random_init_via()
+        return [r.name for r in self.rows if (r.name in via if r.init_from else r.weights == "random")]
+
+    def random_init_via(self) -> dict[str, str]:
+        """Rows whose `init_from` pretraining entry was trained from random initialisation -> that entry."""
+        return {r.name: r.init_from for r in self.rows
+                if r.init_from and self.params.pretraining[r.init_from].row(r.init_from).weights == "random"}
+
+    def initial_weights(self, row: Row) -> dict[str, str]:
+        """Where a row's starting weights come from: ImageNet or random, for an `init_from` row its entry's."""
+        start = self.params.pretraining[row.init_from].row(row.init_from) if row.init_from else row
+        info = models.weights_provenance(start.backbone, start.weights, start.image_size)
+        return {**info, "init_from": row.init_from} if row.init_from else info
 
     def provenance(self) -> dict[str, Any]:
         """What every report states about the run: data, sizes, caps, weights (source and sha256)."""
@@ -119,9 +132,14 @@ class Study:
             "images": len(read_index(self.dataset)), "images_in_split": int(self.split["path"].nunique()),
             "published_images": compare.datasets().get(self.source_dataset, {}).get("published_images"),
             "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(), "capped_epochs": capped,
-            "max_images_per_class": self.params.scale.max_images_per_class,
-            "weights": {r.name: models.weights_provenance(r.backbone, r.weights, r.image_size) for r in self.rows},
+            "random_init_via": self.random_init_via(), "max_images_per_class": self.params.scale.max_images_per_class,
+            "weights": {r.name: self.initial_weights(r) for r in self.rows},
             "seed": self.seed, "repeats": self.settings.repeats,
+            # what the repeated seeds vary: in the grid, only each head's initial weights and batch order
+            "seed_kind": "head seeds" if self.settings.grid else "training seeds",
+            "evaluated_on": self.settings.evaluate_on,
+            "validation_chose": {r.name: training.chosen_on_validation(r) + (["grid cell"] if self.settings.grid else [])
+                                 for r in self.rows},
         }
 
 
