@@ -183,7 +183,11 @@ def test_one_threshold_rule_everywhere_a_probability_of_exactly_the_threshold_is
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
     model.layers[0].set_weights([np.zeros((2, 1), "float32"), np.zeros(1, "float32")])  # P = 0.5 for every input
     training.compile_model(model, row)
-    assert model.evaluate(np.zeros((2, 2), "float32"), np.ones(2, "float32"), verbose=0, return_dict=True)["accuracy"] == 1.0
+    x, y_ones = np.zeros((2, 2), "float32"), np.ones(2, "float32")
+    assert model.evaluate(x, y_ones, verbose=0, return_dict=True)["accuracy"] == 1.0
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=1)  # mode "auto" must know: maximise
+    model.fit(x, y_ones, validation_data=(x, y_ones), epochs=1, verbose=0, callbacks=[stop])
+    assert stop.monitor_op is not None and stop.best == 1.0
     predictor = SimpleNamespace(classes=list(BINARY_CLASSES), threshold=0.5)
     assert Predictor.labels_of(predictor, np.array([[0.5], [0.49]])) == ["malignant", "benign"]
     assert _class_scores(tf.constant([[0.5]]), None, 0.5)[1].tolist() == [1]

@@ -41,21 +41,31 @@ def optimizer_of(row: Row, learning_rate: float | None = None) -> keras.optimize
     return keras.optimizers.Adam(rate)
 
 
-@keras.saving.register_keras_serializable(package="tlrepro")
-def binary_accuracy(y_true: Any, y_pred: Any) -> Any:
-    """Keras's binary accuracy under the project's threshold rule (`labels.predicted_positive`: P >= 0.5;
-    Keras's own metric counts P > 0.5), so the val_accuracy early stopping reads is the reports' accuracy."""
+def _correct_at_half(y_true: Any, y_pred: Any) -> Any:
     ops = keras.ops
     y_true = ops.reshape(ops.convert_to_tensor(y_true), (-1,))
     y_pred = ops.reshape(ops.convert_to_tensor(y_pred), (-1,))
     return ops.cast(ops.equal(ops.greater_equal(y_pred, 0.5), ops.greater_equal(y_true, 0.5)), "float32")
 
 
+@keras.saving.register_keras_serializable(package="tlrepro")
+class BinaryAccuracy(keras.metrics.MeanMetricWrapper):
+    """Keras's binary accuracy under the project's threshold rule (`labels.predicted_positive`: P >= 0.5;
+    Keras's own metric counts P > 0.5), so the val_accuracy early stopping reads is the reports' accuracy."""
+
+    def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
+        super().__init__(_correct_at_half, name=name, dtype=dtype)
+        self._direction = "up"  # maximised: callbacks with mode "auto" (EarlyStopping) read this, as for Keras's own
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype}
+
+
 def compile_model(model: keras.Model, row: Row, learning_rate: float | None = None) -> None:
     """The row's optimizer with binary or sparse categorical cross-entropy. Call again after changing what
     is trainable."""
     if is_binary_output(model):
-        loss, metric = "binary_crossentropy", keras.metrics.MeanMetricWrapper(binary_accuracy, name="accuracy")
+        loss, metric = "binary_crossentropy", BinaryAccuracy(name="accuracy")
     else:
         loss, metric = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(optimizer=optimizer_of(row, learning_rate), loss=loss, metrics=[metric])
