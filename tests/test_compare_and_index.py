@@ -163,8 +163,8 @@ def test_index_uses_the_reports_own_comparison_per_protocol():
         ("image accuracy 100x", "0.600 [0.350, 0.800]")]
     assert len(section["frame"]) == 1
     assert [n for n in section["notes"] if n.startswith("Not measured here")] == [
-        "Not measured here, so not compared: image accuracy 40x (for DenseNet) — this run's data has no images "
-        "for them."]
+        "Not measured here, so not compared: image accuracy 40x (for DenseNet) — this run produced no figure for "
+        "them."]
 
 
 # ---------------------------------------------------------------- one test per verdict rule
@@ -244,6 +244,11 @@ def test_sarker2025_notes_say_why_print_counts_as_counts_and_name_the_validation
     folder = next(n for n in notes if n.startswith("prediction_folder"))
     assert "ours 0.7900 vs paper 0.7000 (+0.0900)" in folder and "does not name its dataset" in folder
     assert "validation images that chose" not in folder  # scored on the test side, which chose nothing
+    assert layers.endswith("(+0).")  # a count has no interval: no verdict to explain away
+    # the prediction folder is MobileNetV2's output: that model's training reasons are its reasons
+    capped = {**prov, "random_init": ["MobileNetV2"], "capped_epochs": {"MobileNetV2": {"ours": 2, "paper": 30}}}
+    folder = next(n for n in papers.difference_notes(frame, capped, 0.95) if n.startswith("prediction_folder"))
+    assert "trained from random initialisation" in folder and "capped at 2 of 30" in folder
     assert papers.dataset_note(prov).startswith("The paper does not name its dataset (an unnamed")
     assert not any(d["what"] == "Dataset" and d["paper"] == "None" for d in papers.deviations("sarker2025", prov))
 
@@ -283,6 +288,11 @@ def test_the_index_gives_each_reason_and_prints_counts_as_counts(tmp_project):
                  "measured on the validation images that chose its early-stopping epoch",
                  "the paper&#39;s figure was measured on the images that chose its early-stopping epoch",
                  "the paper&#39;s figure was measured on the images that chose its grid cell",
-                 "trained from random initialisation", "ours 158 vs paper 158 (+0)", "Ours over head seeds"):
+                 "trained from random initialisation", "ours 158 vs paper 158 (+0)", "Ours over head seeds",
+                 "this run used <code>skin</code> in its place"):
         assert text in html, text
     assert "158.0000" not in html and "inside our" not in html and "outside our" not in html
+
+
+def test_index_notes_show_names_as_code_and_escape_the_rest():
+    assert report.code_spans("run on `skin` &lt;b&gt;") == "run on <code>skin</code> &lt;b&gt;"

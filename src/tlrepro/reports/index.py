@@ -10,6 +10,7 @@ the index never fails because one study is missing.
 from __future__ import annotations
 
 import base64
+import re
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,16 @@ def overlap_table(overlap: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"names": names, "rows": rows, "distance": overlap["phash_max_distance"]}
 
 
+def code_spans(escaped: str) -> str:
+    """An already escaped note's `names` as <code> (the notes are written for the Markdown reports too); the
+    template escapes first and marks the result safe: `{{ note | e | code | safe }}`."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", str(escaped))
+
+
 def render_index(sections: list[dict[str, Any]], overlap: dict[str, Any] | None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["code"] = code_spans
     return env.get_template("index.html.j2").render(
         sections=sections, datasets=compare.datasets(), forest=forest_plot(sections), overlap=overlap_table(overlap))
 

@@ -121,10 +121,14 @@ def dataset_note(provenance: Mapping[str, Any]) -> str:
 def no_verdict_reasons(provenance: Mapping[str, Any], row: str, side: str | None = None) -> list[str]:
     """Why a row's figures cannot be set against the paper's as like for like (empty when they can).
 
-    `side` is the side the figure was measured on (default: the study's evaluation side, `evaluated_on`)."""
+    `side` is the side the figure was measured on (default: the study's evaluation side, `evaluated_on`). A
+    paper row with `of: <row>` (sarker2025's prediction folder) is a figure of that row's model: its training's
+    reasons (weights, caps, what validation chose) are that row's."""
+    entry = load(provenance["study"]) if provenance.get("study") else {}
+    model = ((entry.get("rows") or {}).get(row) or {}).get("of", row)
     reasons = []
-    if row in provenance.get("random_init", []):
-        via = (provenance.get("random_init_via") or {}).get(row)
+    if model in provenance.get("random_init", []):
+        via = (provenance.get("random_init_via") or {}).get(model)
         reasons.append("trained from random initialisation, not ImageNet weights"
                        + (f" (it starts from the pretraining entry `{via}`, trained from random initialisation)"
                           if via else ""))
@@ -135,13 +139,13 @@ def no_verdict_reasons(provenance: Mapping[str, Any], row: str, side: str | None
     published, images = provenance.get("published_images"), provenance.get("images")
     if published and images and images < published:
         reasons.append(f"run on a subset of the data ({images:,} of the published {published:,} images)")
-    chose = (provenance.get("validation_chose") or {}).get(row)
+    chose = (provenance.get("validation_chose") or {}).get(model)
     if (side or provenance.get("evaluated_on")) == "val" and chose:
         reasons.append(f"measured on the validation images that chose its {' and '.join(chose)}")
-    paper_chose = load(provenance["study"]).get("chosen_on_reported_images") if provenance.get("study") else None
+    paper_chose = entry.get("chosen_on_reported_images")
     if paper_chose and row in paper_chose.get("rows", [row]):
         reasons.append(f"the paper's figure was measured on the images that chose {paper_chose['what']}")
-    capped = (provenance.get("capped_epochs") or {}).get(row)
+    capped = (provenance.get("capped_epochs") or {}).get(model)
     if capped:
         reasons.append(f"training capped at {capped['ours']} of {capped['paper']} epochs")
     if provenance.get("max_images_per_class"):
@@ -169,7 +173,7 @@ def difference_notes(frame: pd.DataFrame, provenance: Mapping[str, Any], confide
                 f"({_shown(line.difference, count, signed=True)})")
         if not pd.isna(line.seed_std) and line.seeds and line.seeds > 1:
             text += f"; across {int(line.seeds)} {seed_kind} {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
-        reasons = no_verdict_reasons(provenance, line.row, side)
+        reasons = [] if count else no_verdict_reasons(provenance, line.row, side)  # a count has no interval
         if reasons:
             notes.append(text + f". No verdict: {'; '.join(reasons)}.")
         elif line.paper_within_ci is None:
@@ -189,7 +193,7 @@ def unmeasured_notes(missing: pd.DataFrame) -> list[str]:
         return []
     names = sorted(set(missing["metric"].str.replace("_", " ")))
     return [f"Not measured here, so not compared: {', '.join(names)} (for {', '.join(dict.fromkeys(missing['row']))})"
-            " — this run's data has no images for them."]
+            " — this run produced no figure for them."]
 
 
 def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -343,14 +343,18 @@ def margin(cells: pd.DataFrame, top: pd.Series) -> dict[str, Any]:
             "lead": lead, "seed_sd": None if np.isnan(sd) else sd, "within_noise": None if np.isnan(sd) else lead <= sd}
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def choice_note(name: str, best: dict[str, Any]) -> str:
     """One sentence on how clearly the grid chose a backbone's cell, against the head-seed spread."""
-    chosen = (f"{name}: the chosen cell (learning rate {best['learning_rate']:g}, {best['epochs']} epochs, mean "
+    chosen = (f"{name}: the chosen cell (learning rate {best['learning_rate']:g}, {_epochs(best['epochs'])}, mean "
               f"validation accuracy {best['mean_val_accuracy']:.4f})")
     second = best.get("runner_up")
     if not second:
         return f"{chosen} is the grid's only cell."
-    lead = (f"{chosen} leads the next (learning rate {second['learning_rate']:g}, {second['epochs']} epochs, "
+    lead = (f"{chosen} leads the next (learning rate {second['learning_rate']:g}, {_epochs(second['epochs'])}, "
             f"{second['mean_val_accuracy']:.4f}) by {best['lead']:.4f}")
     if best.get("within_noise") is None:
         return f"{lead}; with one head seed per cell there is no spread to judge that lead against."
