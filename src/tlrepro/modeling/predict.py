@@ -54,9 +54,10 @@ def _nearest(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     out = np.full(len(queries), 65, dtype=int)
     if not len(references):
         return out
-    for start in range(0, len(queries), 256):
-        chunk = queries[start : start + 256, :, None] ^ references[None, None, :]
-        out[start : start + 256] = np.bitwise_count(chunk).min(axis=(1, 2))
+    step = max(1, (1 << 22) // (queries.shape[1] * len(references)))  # about 32 MB of XORs at a time
+    for start in range(0, len(queries), step):
+        chunk = queries[start : start + step, :, None] ^ references[None, None, :]
+        out[start : start + step] = np.bitwise_count(chunk).min(axis=(1, 2))
     return out
 
 
