@@ -45,6 +45,8 @@ def test_the_report_notes_give_every_reason_and_name_the_unmeasured_figures(show
     assert compare.unmeasured_notes(full[full["ours"].isna()])[0] in notes  # one sentence, built in one place
     caption = shown[0].caption
     assert "over validation images" in caption
+    table = shown[0].to_html()
+    assert ">+0<" in table and ">0.0000<" not in table  # 158 layers vs 158: a count's difference is a count
 
 
 def test_tables_print_times_with_their_unit_and_counts_as_counts():

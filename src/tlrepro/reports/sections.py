@@ -17,7 +17,7 @@ from IPython.display import HTML, Markdown, display
 
 from tlrepro.core import paths
 from tlrepro.core.numbers import interval as ci
-from tlrepro.core.numbers import number, time_unit
+from tlrepro.core.numbers import is_count, number, time_unit
 from tlrepro.data.labels import predicted_positive
 from tlrepro.data.leakage import MATCH_KINDS
 from tlrepro.results import compare, metrics, plots
@@ -203,7 +203,8 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     shown = pd.DataFrame({
         "row": frame["row"], "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
         "ours [CI]": [ci(o, lo, hi) for o, lo, hi in zip(frame["ours"], frame["ci_low"], frame["ci_high"], strict=True)],
-        "ours − paper": frame["difference"],
+        "ours − paper": [number(int(round(d)) if is_count(p) else d, signed=True)
+                         for d, p in zip(frame["difference"], frame["paper"], strict=True)],
         "over seeds": [f"{m:.3f} ± {s:.3f}" if pd.notna(s) else "—" for m, s in zip(frame["seed_mean"], frame["seed_std"], strict=True)],
     })
     prov = study.provenance()
