@@ -291,7 +291,7 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
     return {
         "study": study.id, "row": row.name, "protocol": protocol, "name": study.model_name(row.name, protocol),
         "seed": seed, "backbone": row.backbone,
-        "weights": models.weights_provenance(row.backbone, row.weights, row.image_size),
+        "weights": study.initial_weights(row),  # an init_from row: its pretraining entry's start
         "init_from": row.init_from, "se": row.se.model_dump() if row.se else None,
         "head": [layer.model_dump(exclude_none=True) for layer in row.head],
         "image_size": row.image_size,
