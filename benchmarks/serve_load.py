@@ -232,13 +232,12 @@ def raw_throughput(models: Path | None, model: str, files: list[Path], batch: in
     import numpy as np
     import tensorflow as tf
 
-    from tlrepro.data.images import decode_image
     from tlrepro.modeling.predict import Predictor
 
     predictor = Predictor.load(model, models)
     arrays = []
     for path in files:
-        array, _, ok, _ = decode_image(path.read_bytes(), predictor.size)
+        array, _, ok, _ = predictor.decode(path.read_bytes())
         if ok:
             arrays.append(array)
     if not arrays:

@@ -47,6 +47,31 @@ def write_image(path: Path, seed: int = 0, mode: str = "RGB", size: tuple[int, i
     return path
 
 
+# Optical-density colours (per unit concentration) of hematoxylin (purple) and eosin (pink).
+HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
+EOSIN = np.array([0.07, 0.99, 0.11])
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def he_image(seed: int, hematoxylin: np.ndarray = HEMATOXYLIN, eosin: np.ndarray = EOSIN,
+             intensity: float = 1.0, size: int | tuple[int, int] = 64) -> np.ndarray:
+    """Beer-Lambert I = 240 * exp(-(c_h * OD_h + c_e * OD_e)): purple nuclei blobs on a pink background
+    (an H&E slide's colours, for stain normalization); `size` is (height, width) or one side."""
+    height, width = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    c_h = np.zeros((height, width))
+    for _ in range(8):
+        (cy, cx), radius = rng.uniform(0, 1, 2) * (height, width), rng.uniform(3, 8)
+        c_h += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+    c_e = 0.3 + 0.4 * rng.random((height, width))
+    od = intensity * (c_h[..., None] * unit(hematoxylin) + c_e[..., None] * unit(eosin))
+    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8)
+
+
 @pytest.fixture
 def make_image() -> Callable[..., Path]:
     return write_image
@@ -121,10 +146,13 @@ BREAKHIS_PATIENTS = [
 ]
 
 
-def build_breakhis_tree(folder: Path, per_patient: int = 5) -> dict:
-    """BreakHis's layout: <class>/SOB/<subtype>/SOB_<B|M>_<code>_<patient>/<mag>X/SOB_..-<mag>-<n>.png."""
+def build_breakhis_tree(folder: Path, per_patient: int = 5, *, stained: bool = False) -> dict:
+    """BreakHis's layout: <class>/SOB/<subtype>/SOB_<B|M>_<code>_<patient>/<mag>X/SOB_..-<mag>-<n>.png.
+
+    `stained`: H&E-like images (he_image), each patient's slide stained a little differently, for stain
+    normalization; else smooth random pictures."""
     seed = 1000
-    for cls, code, name, patient in BREAKHIS_PATIENTS:
+    for number, (cls, code, name, patient) in enumerate(BREAKHIS_PATIENTS):
         label = "benign" if cls == "B" else "malignant"
         for mag in (100, 40) if code == "DC" else (100,):
             base = (
@@ -133,7 +161,13 @@ def build_breakhis_tree(folder: Path, per_patient: int = 5) -> dict:
             )
             for i in range(1, per_patient + 1):
                 seed += 1
-                write_image(base / f"SOB_{cls}_{code}-{patient}-{mag}-{i:03d}.png", seed)
+                path = base / f"SOB_{cls}_{code}-{patient}-{mag}-{i:03d}.png"
+                if stained:
+                    shade = 1 + 0.15 * number * np.array([1.0, -0.5, 0.8])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(he_image(seed, HEMATOXYLIN * shade, EOSIN, 0.8 + 0.2 * number, (46, 70))).save(path)
+                else:
+                    write_image(path, seed)
     write_image(folder / "BreaKHis_v1/histology_slides/breast/benign/SOB/adenosis/stray.png", 1)
     return {"images": 7 * per_patient, "patients": 6, "rejected": 1}
 

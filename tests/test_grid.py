@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from tlrepro.core.config import EarlyStopping, HeadLayer
@@ -100,3 +101,35 @@ def test_kept_weights_equal_a_replay_of_the_one_head():
         for a, b in zip(kept, again, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
     assert np.isnan(run.val_accuracy[0]).all() and not np.isnan(run.val_accuracy[1]).any()  # only budgets recorded
+
+
+def cells(values: dict[tuple[float, int], list[float]]) -> pd.DataFrame:
+    """A grid's per-seed validation accuracies, as run_backbone records them (one evaluated epoch per budget)."""
+    return pd.DataFrame([{"learning_rate": lr, "epochs": e, "seed": s, "evaluated_epoch": e, "val_accuracy": acc,
+                          "val_loss": 1 - acc} for (lr, e), accs in values.items() for s, acc in enumerate(accs)])
+
+
+def test_the_choice_of_cell_is_called_within_noise_when_the_lead_is_inside_the_head_seed_spread():
+    close = cells({(1e-3, 10): [0.80, 0.84, 0.82], (1e-4, 10): [0.81, 0.80, 0.82], (1e-4, 20): [0.70, 0.71, 0.69]})
+    top = grid.ranked(close).iloc[0]
+    margin = grid.margin(close, top)
+    assert margin["runner_up"] == {"learning_rate": 1e-4, "epochs": 10, "mean_val_accuracy": pytest.approx(0.81)}
+    assert margin["lead"] == pytest.approx(0.01) and margin["seed_sd"] == pytest.approx(0.02)
+    assert margin["within_noise"] is True
+    note = grid.choice_note("VGG16", {"learning_rate": 1e-3, "epochs": 10, "mean_val_accuracy": 0.82, **margin})
+    assert "inside the head-seed spread (sd 0.0200 over head seeds): the choice of cell is within noise" in note
+    clear = cells({(1e-3, 10): [0.90, 0.91, 0.89], (1e-4, 10): [0.80, 0.81, 0.79]})
+    top = grid.ranked(clear).iloc[0]
+    margin = grid.margin(clear, top)
+    assert margin["within_noise"] is False
+    assert "more than the head-seed spread" in grid.choice_note("VGG16", {"learning_rate": 1e-3, "epochs": 10,
+                                                                            "mean_val_accuracy": 0.9, **margin})
+
+
+def test_a_larger_budget_holding_the_same_heads_is_not_the_runner_up():
+    """Under early stopping, budgets past the stop restore the very same epoch: the same heads, not a rival."""
+    same = cells({(1e-3, 10): [0.85, 0.86], (1e-3, 20): [0.85, 0.86], (1e-4, 10): [0.70, 0.72]})
+    same.loc[same["epochs"] == 20, "evaluated_epoch"] = 10
+    top = grid.ranked(same).iloc[0]
+    assert (top["learning_rate"], top["epochs"]) == (1e-3, 10)
+    assert grid.margin(same, top)["runner_up"]["learning_rate"] == 1e-4

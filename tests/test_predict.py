@@ -22,6 +22,7 @@ from tlrepro.data.labels import BINARY_CLASSES
 from tlrepro.data.tfdata import load_resized
 from tlrepro.modeling import cards, models
 from tlrepro.modeling.predict import Predictor, predict_folder
+from tlrepro.studies.base import training_phashes
 
 SIZE = 32
 
@@ -111,11 +112,16 @@ def test_cli_errors_are_one_line(saved_model, folder, tmp_path):
     mismatch.write_bytes(saved_model.read_bytes() + b"changed")
     card = json.loads(paths.card_of(saved_model).read_text())
     paths.card_of(mismatch).write_text(json.dumps(card))
+    future = tmp_path / "f" / "tiny.keras"
+    future.parent.mkdir()
+    future.write_bytes(saved_model.read_bytes())
+    paths.card_of(future).write_text(json.dumps({**card, "before_model": [{"step": "vahadane_normalization"}]}))
     for args, expected in (((str(saved_model), str(empty)), "holds no image"),
                            ((str(saved_model), str(tmp_path / "missing")), "is not a folder"),
                            ((str(tmp_path / "missing.keras"), str(folder)), "not found"),
                            ((str(no_card), str(folder)), "has no model card"),
                            ((str(mismatch), str(folder)), "does not match"),
+                           ((str(future), str(folder)), "`vahadane_normalization` before the model, a step this version of tlrepro does not know"),
                            (("nostudy/norow", str(folder)), "No saved model `nostudy/norow`")):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -128,3 +134,43 @@ def test_names_resolve_to_saved_models(saved_model):
     assert cards.resolve("demo/tiny", base) == saved_model
     with pytest.raises(UserError, match="known: demo/tiny"):
         cards.resolve("demo/other", base)
+
+
+def hashed(*files: Path) -> pd.DataFrame:
+    """Rows as a split file holds them (path, view, dihedral hashes) for image files."""
+    return pd.DataFrame({"path": [str(f) for f in files], "view": "identity",
+                         "dihedral_phashes": [inspect_image(f).dihedral_phashes for f in files]})
+
+
+def test_seen_matches_rotations_and_validation_and_pretraining_images(tmp_project, saved_model, folder, tmp_path):
+    """As the split audit: a rotated training image is seen (canonical hash); so are the validation images (they
+    chose the epoch) and an init_from model's pretraining images (from its card); each with the nearest distance."""
+    pretrained = paths.pretrained_model("entry")
+    pretrained.parent.mkdir(parents=True)
+    pretrained.write_bytes(saved_model.read_bytes())
+    card = json.loads(paths.card_of(saved_model).read_text())
+    pretraining = hashed(folder / "sub/deeper/d.JPEG")  # as transfer.pretrain writes its card
+    paths.card_of(pretrained).write_text(json.dumps({**card, "training_phashes": training_phashes(pretraining),
+                                                     **cards.seen_fields(pretraining, hashed())}))
+    train, val = hashed(folder / "sub/c.gif"), hashed(folder / "a.jpg")
+    fields = cards.seen_fields(train, val, "entry")
+    assert fields["validation_phashes"] == [inspect_image(folder / "a.jpg").phash]
+    assert fields["pretraining_phashes"] == [inspect_image(folder / "sub/deeper/d.JPEG").phash]
+    model = tmp_path / "m" / "seen.keras"
+    model.parent.mkdir()
+    model.write_bytes(saved_model.read_bytes())
+    paths.card_of(model).write_text(json.dumps({**card, "training_phashes": [inspect_image(folder / "sub/c.gif").phash],
+                                                **fields}))
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    Image.open(folder / "sub/c.gif").convert("RGB").transpose(Image.Transpose.ROTATE_90).save(queries / "c_rot90.png")
+    Image.open(folder / "sub/c.gif").convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(queries / "c_flip.png")
+    for name in ("a.jpg", "sub/deeper/d.JPEG"):
+        (queries / Path(name).name).write_bytes((folder / name).read_bytes())
+    Image.fromarray((np.random.default_rng(9).random((40, 50, 3)) * 255).astype("uint8")).save(queries / "new.png")
+    _, table, _ = predict_folder(model, queries, out=tmp_path / "p.csv", progress=False)
+    seen = table.set_index("path")
+    assert seen["seen_in_training"].to_dict() == {"a.jpg": True, "c_flip.png": True, "c_rot90.png": True,
+                                                  "d.JPEG": True, "new.png": False}
+    assert seen.loc["a.jpg", "nearest_training_distance"] == 0 and seen.loc["d.JPEG", "nearest_training_distance"] == 0
+    assert seen.loc["c_rot90.png", "nearest_training_distance"] <= 4 < seen.loc["new.png", "nearest_training_distance"]

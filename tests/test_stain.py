@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EOSIN, HEMATOXYLIN, he_image
 from PIL import Image
 
 from tlrepro.data.stain import StainNormalizer, StainResult, normalize_files, tissue_fraction
-
-# Optical-density colours (per unit concentration) of hematoxylin (purple) and eosin (pink).
-HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
-EOSIN = np.array([0.07, 0.99, 0.11])
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return vector / np.linalg.norm(vector)
-
-
-def he_image(seed: int, hematoxylin: np.ndarray = HEMATOXYLIN, eosin: np.ndarray = EOSIN,
-             intensity: float = 1.0, size: int = 64) -> np.ndarray:
-    """Beer-Lambert I = 240 * exp(-(c_h * OD_h + c_e * OD_e)): purple nuclei blobs on a pink background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    c_h = np.zeros((size, size))
-    for _ in range(8):
-        (cy, cx), radius = rng.uniform(0, size, 2), rng.uniform(3, 8)
-        c_h += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
-    c_e = 0.3 + 0.4 * rng.random((size, size))
-    od = intensity * (c_h[..., None] * unit(hematoxylin) + c_e[..., None] * unit(eosin))
-    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8)
-
 
 REFERENCE = he_image(1)
 # Another slide: bluer hematoxylin, redder eosin, stained 1.6 times as strongly.
@@ -171,3 +150,27 @@ def test_an_interrupted_write_leaves_nothing_behind(tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="No space left"):
         normalize_files([(source, target)], StainNormalizer("reinhard", REFERENCE), progress=False)
     assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_a_fitted_normalizer_is_rebuilt_from_its_card_without_the_reference(method: str) -> None:
+    """A model card records the fitted reference's numbers; through JSON they rebuild the very same step."""
+    fitted = StainNormalizer(method, REFERENCE)
+    card = json.loads(json.dumps(fitted.card()))
+    assert card["step"] == "stain_normalization" and card["method"] == method and card["library"].startswith("torchstain")
+    rebuilt = StainNormalizer.from_card(card)
+    assert np.array_equal(rebuilt.apply(SOURCE), fitted.normalize(SOURCE).image)
+    assert not np.array_equal(rebuilt.apply(SOURCE), SOURCE)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["fitted"].pop(next(iter(c["fitted"]))), "lack or garble"),
+    (lambda c: c.update(method="vahadane"), "unknown stain normalization method"),
+    (lambda c: c["options"].update(Io=255), "options"),
+    (lambda c: c["fitted"].update(HERef=[[0.5, 0.5], [0.5, 0.5], [0.7, 0.7]]), "parallel"),
+])
+def test_a_card_step_that_cannot_be_rebuilt_is_refused(change, words: str) -> None:
+    card = StainNormalizer("macenko", REFERENCE).card()
+    change(card)
+    with pytest.raises(ValueError, match=words):
+        StainNormalizer.from_card(card)

@@ -161,3 +161,33 @@ def test_early_stopping_reports_the_restored_epoch(split_frame):
     result = fit(clf, split_frame, epochs=8)
     best = int(result.history["val_loss"].idxmin()) + 1
     assert result.best_epoch == best and result.epochs_run <= 8
+
+
+def test_one_threshold_rule_everywhere_a_probability_of_exactly_the_threshold_is_positive():
+    """P(malignant) == 0.5 counts as malignant in the metrics, Keras's training accuracy (which early stopping
+    reads), the cached validation, the predictor's labels and Grad-CAM's explained class alike."""
+    from types import SimpleNamespace
+
+    import keras
+    import tensorflow as tf
+
+    from tlrepro.modeling.explain import _class_scores
+    from tlrepro.modeling.predict import Predictor
+    from tlrepro.results import metrics
+
+    y, p = np.array([1, 1, 0]), np.array([0.5, 0.5, 0.2])
+    assert metrics.binary_metrics(y, p)["accuracy"] == 1.0
+    assert training.loss_and_accuracy(y, p[:, None])[1] == 1.0
+    row = resolve_row("t", RowSettings(), RowSettings(backbone="TinyCNN", weights="random", image_size=SIZE,
+                                                       batch_size=4, learning_rate=1e-3, epochs=1, head=HEAD))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[0].set_weights([np.zeros((2, 1), "float32"), np.zeros(1, "float32")])  # P = 0.5 for every input
+    training.compile_model(model, row)
+    x, y_ones = np.zeros((2, 2), "float32"), np.ones(2, "float32")
+    assert model.evaluate(x, y_ones, verbose=0, return_dict=True)["accuracy"] == 1.0
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=1)  # mode "auto" must know: maximise
+    model.fit(x, y_ones, validation_data=(x, y_ones), epochs=1, verbose=0, callbacks=[stop])
+    assert stop.monitor_op is not None and stop.best == 1.0
+    predictor = SimpleNamespace(classes=list(BINARY_CLASSES), threshold=0.5)
+    assert Predictor.labels_of(predictor, np.array([[0.5], [0.49]])) == ["malignant", "benign"]
+    assert _class_scores(tf.constant([[0.5]]), None, 0.5)[1].tolist() == [1]

@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,22 +40,40 @@ def reference_image(index: pd.DataFrame, name: str, where: str) -> np.ndarray:
     return np.asarray(load_rgb(paths.PROJECT_ROOT / match["path"].iloc[0]))
 
 
+def fitted_normalizer(params: config.Params, key: str) -> Any:
+    """The stain normalizer of derived dataset `key`, fitted to its reference image (a UserError if unusable)."""
+    from tlrepro.data.stain import StainNormalizer
+
+    entry = params.derived[key]
+    where = f"derived.{key}.stain"
+    try:
+        return StainNormalizer(entry.stain.method, reference_image(read_index(entry.source), entry.stain.reference, where))
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}: choose another reference image.") from None
+
+
+def input_steps(dataset: str) -> list[dict[str, Any]]:
+    """What a model trained on `dataset` needs done to a raw image before its own layers, as its card records
+    it: for a stain-normalized derived dataset, the normalizer with its fitted reference (derive wrote it into
+    data/index/<key>.derived.json); else nothing."""
+    record = paths.derived_json(dataset)
+    if not record.is_file():
+        return []
+    return [fileio.read_json(record, "derived dataset record")["before_model"]]
+
+
 def derive_dataset(key: str) -> pd.DataFrame:
     """Write data/derived/<key>/ and data/index/<key>.csv (+ .rejected, .duplicates, .stain); returns the index."""
-    from tlrepro.data.stain import StainNormalizer, normalize_files
+    from tlrepro.data.stain import normalize_files
 
     params = config.load_params()
     if key not in params.derived:
         raise UserError(f"`{key}` is not a derived dataset: params.yaml `derived` has "
                         f"{', '.join(params.derived) or 'none'}.")
     entry = params.derived[key]
-    where = f"derived.{key}.stain"
     source_index = read_index(entry.source)
     inherited = sanity.read_warnings(entry.source)
-    try:
-        normalizer = StainNormalizer(entry.stain.method, reference_image(source_index, entry.stain.reference, where))
-    except ValueError as exc:
-        raise UserError(f"{where}: {exc}: choose another reference image.") from None
+    normalizer = fitted_normalizer(params, key)
     source_root = paths.raw_dir(entry.source)
     target = paths.derived_dir(key)
     with fileio.atomic_dir(target) as tmp:
@@ -81,9 +100,12 @@ def derive_dataset(key: str) -> pd.DataFrame:
     warnings = inherited + sanity.stain_fallbacks(key, stain, paths.relative(stain_report_csv(key)))
     write_index(key, index, rejected, duplicates, warnings)
     fileio.write_csv(stain_report_csv(key), stain)
-    fileio.write_json(paths.derived_json(key), {"from": entry.source, "stain": entry.stain.model_dump(),
-                                                "images": len(index), "kept_original_colours": int((~stain["normalized"].astype(bool)).sum())})
     fell_back = int((~stain["normalized"].astype(bool)).sum())
+    # what a model trained on these images needs done to a raw image (its card copies it): the fitted normalizer
+    step = {**normalizer.card(), "reference": entry.stain.reference, "dataset": key}
+    fileio.write_json(paths.derived_json(key), {"from": entry.source, "stain": entry.stain.model_dump(),
+                                                "images": len(index), "kept_original_colours": fell_back,
+                                                "before_model": step})
     print(f"{key}: {len(index)} images from {entry.source}, {entry.stain.method} stain normalization; "
           f"{fell_back} kept their original colours (see {paths.relative(stain_report_csv(key))})")
     sanity.print_warnings(key, warnings)

@@ -119,18 +119,29 @@ def decode_rgb(data: bytes, what: str = "image") -> Image.Image:
         return to_rgb(image)
 
 
-def decode_image(data: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
-    """(uint8 image resized for the model, phash bits as int64, ok, reason) from encoded bytes; never raises.
+def decode_image(data: bytes, size: int, prepare: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    """(uint8 image resized for the model, perceptual hashes, ok, reason) from encoded bytes; never raises.
+
+    `prepare` is what the model's card says to do to the full-size RGB pixels before resizing (e.g. stain
+    normalization): its training images went through it. The hashes (int64 view of 16 uint64) are the eight
+    dihedral forms' (VIEWS order) of the image as sent, then of the image as prepared (the same again without
+    `prepare`), so a query can be matched, rotated or flipped, against raw and prepared training images.
 
     The one decoding path of prediction: `tlrepro predict`, Grad-CAM and the REST service all use it."""
-    facts = inspect_bytes(data, dihedral=False)
+    facts = inspect_bytes(data)
     if isinstance(facts, str):
-        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, facts.encode()
+        return np.zeros((size, size, 3), np.uint8), np.zeros(2 * len(VIEWS), np.int64), False, facts.encode()
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         rgb = to_rgb(image)
-    bits = np.array(int(facts.phash, 16), dtype=np.uint64).view(np.int64)
-    return resized_array(rgb, size), bits, True, b""
+    forms = facts.dihedral_phashes.split(" ")
+    if prepare is not None:
+        rgb = Image.fromarray(prepare(np.asarray(rgb)))
+        forms += dihedral_phashes(rgb)
+    else:
+        forms += forms
+    return resized_array(rgb, size), np.array([int(h, 16) for h in forms], np.uint64).view(np.int64), True, b""
 
 
 def load_rgb(path: Path | str) -> Image.Image:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import PurePath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,11 @@ def encode(labels: pd.Series | Sequence[str], classes: Sequence[str]) -> np.ndar
 
 def is_binary(classes: Sequence[str]) -> bool:
     return tuple(classes) == BINARY_CLASSES
+
+
+def predicted_positive(probs: Any, threshold: float) -> np.ndarray:
+    """The one threshold rule of every binary model: it says the positive class when P(positive) >= threshold.
+
+    Metrics, prediction, the service, Grad-CAM, the grid and training's accuracy all call this (scikit-learn's
+    ROC and precision-recall curves use the same `>=`; Keras's own binary accuracy uses `>`)."""
+    return np.asarray(probs) >= threshold

@@ -20,6 +20,10 @@ keep an image in its original colours, counted as a fallback: a blank image (one
 any other: nothing to estimate stains from; Macenko would paint it in one of the reference's colours), and a
 saturated one (most of its "tissue" clipped to black). A result that came out as one flat colour from an
 image that was not is refused the same way.
+
+A fitted normalizer is written into the card of every model trained on its images (`card`, with the fitted
+reference's numbers) and rebuilt from it (`from_card`) without the dataset, so prediction applies the very
+step training saw.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from tlrepro.core import fileio, inputs
+from tlrepro.data.images import to_rgb
 
 METHODS = ("macenko", "reinhard")
+CARD_STEP = "stain_normalization"  # the step's name in a model card's `before_model`
+# The fitted reference: torchstain's attributes per method (Macenko: stain vectors and concentration
+# percentiles; Reinhard: LAB means and standard deviations).
+FITTED = {"macenko": ("HERef", "maxCRef"), "reinhard": ("target_means", "target_stds")}
 # torchstain's Macenko defaults, passed explicitly so the tissue criterion stays in step with it.
 IO = 240
 ALPHA = 1
@@ -118,35 +127,48 @@ class StainNormalizer:
     array, not a copy. Fitted state is only read after `__init__`, so one instance can serve many threads.
     """
 
-    def __init__(self, method: str, reference: np.ndarray, *, min_tissue_fraction: float = 0.01) -> None:
+    def __init__(self, method: str, reference: np.ndarray | None = None, *, min_tissue_fraction: float = 0.01,
+                 fitted: dict[str, list] | None = None) -> None:
+        """Fit to `reference` (an HxWx3 uint8 image), or take an earlier fit's numbers (`fitted`, see `card`)."""
         if method not in METHODS:
             raise ValueError(f"unknown stain normalization method {method!r}; expected one of {METHODS}")
         if not 0 <= min_tissue_fraction <= 1:
             raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {min_tissue_fraction}")
+        if (reference is None) == (fitted is None):
+            raise ValueError("give either a reference image to fit or the fitted numbers of one")
         self.method = method
         self.min_tissue_fraction = min_tissue_fraction
-
-        def unusable(why: str) -> ValueError:
-            return ValueError(f"the {method} reference image is unusable: {why}")
-
-        if problem := _shape_problem(reference):
-            raise unusable(problem)
-        if (fraction := tissue_fraction(reference)) < min_tissue_fraction:
-            raise unusable(f"too little tissue ({fraction:.2%} of pixels, minimum {min_tissue_fraction:.2%})")
         macenko = method == "macenko"
         if macenko:
             self.fitted = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
         else:
             self.fitted = torchstain.normalizers.ReinhardNormalizer(backend="numpy")
         self._options = {"Io": IO, "alpha": ALPHA, "beta": BETA} if macenko else {}
-        try:
-            with np.errstate(**_FP_ERRORS):
-                self.fitted.fit(reference, **self._options)
-        except Exception as exc:
-            raise unusable(f"fitting failed: {type(exc).__name__}: {exc}") from exc
+
+        def unusable(why: str) -> ValueError:
+            return ValueError(f"the {method} reference{' image' if fitted is None else ''} is unusable: {why}")
+
+        if fitted is not None:
+            try:
+                for name in FITTED[method]:
+                    setattr(self.fitted, name, np.asarray(fitted[name], dtype=np.float64))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise unusable(f"its fitted numbers lack or garble {exc}") from None
+        else:
+            if problem := _shape_problem(reference):
+                raise unusable(problem)
+            if (fraction := tissue_fraction(reference)) < min_tissue_fraction:
+                raise unusable(f"too little tissue ({fraction:.2%} of pixels, minimum {min_tissue_fraction:.2%})")
+            try:
+                with np.errstate(**_FP_ERRORS):
+                    self.fitted.fit(reference, **self._options)
+            except Exception as exc:
+                raise unusable(f"fitting failed: {type(exc).__name__}: {exc}") from exc
         # fit() can also "succeed" with parameters that would ruin every image: check them.
         if macenko:
             params = np.concatenate([self.fitted.HERef.ravel(), self.fitted.maxCRef])
+            if self.fitted.HERef.shape != (3, 2) or self.fitted.maxCRef.shape != (2,):
+                raise unusable(f"stain vectors of shape {self.fitted.HERef.shape}, not (3, 2)")
             if not np.isfinite(params).all() or (self.fitted.maxCRef <= 0).any():
                 raise unusable(f"degenerate stain estimate (maxC {self.fitted.maxCRef})")
             hematoxylin, eosin = self.fitted.HERef.T
@@ -156,6 +178,29 @@ class StainNormalizer:
                 raise unusable(f"its two stain vectors are nearly parallel (cosine {cosine:.3f})")
         elif not np.isfinite(self.fitted.target_stds).all() or (self.fitted.target_stds <= 1e-6).any():
             raise unusable(f"a flat colour channel (LAB standard deviations {self.fitted.target_stds})")
+
+    def card(self) -> dict:
+        """The step as a model card records it: method, options and the fitted reference's numbers (exact:
+        JSON keeps every float), enough to rebuild this normalizer without the dataset (`from_card`)."""
+        return {"step": CARD_STEP, "method": self.method, "library": f"torchstain {torchstain.__version__}",
+                "options": dict(self._options), "min_tissue_fraction": self.min_tissue_fraction,
+                "fitted": {name: np.asarray(getattr(self.fitted, name)).tolist() for name in FITTED[self.method]}}
+
+    @classmethod
+    def from_card(cls, step: dict) -> StainNormalizer:
+        """The normalizer a card's step describes; ValueError when the step is not one this code can rebuild."""
+        method = step.get("method")
+        if method not in METHODS:
+            raise ValueError(f"unknown stain normalization method {method!r}; expected one of {METHODS}")
+        options = {"Io": IO, "alpha": ALPHA, "beta": BETA} if method == "macenko" else {}
+        if step.get("options", options) != options:
+            raise ValueError(f"stain normalization options {step.get('options')} differ from this code's {options}")
+        return cls(method, min_tissue_fraction=float(step.get("min_tissue_fraction", 0.01)),
+                   fitted=step.get("fitted") or {})
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """The normalized pixels (the original ones where the method falls back): what training saw."""
+        return self.normalize(image).image
 
     def normalize(self, image: np.ndarray) -> StainResult:
         """`image` mapped onto the reference's colours; never raises, falls back to `image` itself."""
@@ -189,7 +234,7 @@ def _write_png(image: np.ndarray, target: Path) -> None:
 def _normalize_file(source: Path, target: Path, normalizer: StainNormalizer) -> dict:
     try:
         with Image.open(io.BytesIO(inputs.read_regular(source))) as opened:
-            pixels = np.asarray(opened.convert("RGB"))
+            pixels = np.asarray(to_rgb(opened))  # the decoding prediction uses too
     # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
     except Exception as exc:
         return {"source": str(source), "target": "", "normalized": False,

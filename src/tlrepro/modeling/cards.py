@@ -1,17 +1,24 @@
 """Saved models and their cards: models/<study>/<row>.keras with <row>.card.json beside it.
 
 The card says everything needed to use the model without the pipeline: backbone and weights source (with
-the weights file's sha256), head, input size and colour range, preprocessing (inside the model), class
-names, decision threshold, training settings, data and split fingerprints, headline metrics, and the
-perceptual hashes of the training images (so predictions can say whether an image was seen in training).
-It also holds the sha256 of the .keras file: a card that does not match its model is refused.
+the weights file's sha256), head, input size and colour range, preprocessing (inside the model), the steps
+done to an image before the model (`before_model`: e.g. stain normalization with its fitted reference),
+class names, decision threshold, training settings, data and split fingerprints, headline metrics, and the
+perceptual hashes of the images that shaped the model: training, validation (it chose the epoch) and, for
+an `init_from` model, pretraining images (so predictions can say whether an image was seen).
+It also holds the sha256 of the .keras file: a card that does not match its model is refused, and so is a
+card naming a step before the model that this code does not know (its predictions would be wrong).
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
 
 from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
@@ -20,6 +27,8 @@ if TYPE_CHECKING:
     import keras
 
 CARD_FORMAT = "tlrepro.model-card/1"
+KNOWN_STEPS = ("stain_normalization",)  # what `before_model` may name: tlrepro.data.stain's CARD_STEP
+HASH_LISTS = ("training_phashes", "validation_phashes", "pretraining_phashes", "canonical_phashes")
 
 
 def save(model: keras.Model, path: Path | str, card: dict[str, Any]) -> tuple[Path, Path]:
@@ -58,7 +67,52 @@ def read_card(model_path: Path | str) -> dict[str, Any]:
     if card.get("model_sha256") != digest:
         raise UserError(f"{paths.relative(card_path)} does not match {model_path.name} (the model file changed "
                         f"after its card was written): re-run the study, or restore the matching pair.")
+    for step in card.get("before_model") or []:
+        name = step.get("step") if isinstance(step, dict) else step
+        if name not in KNOWN_STEPS:
+            raise UserError(f"{paths.relative(card_path)} says images go through `{name}` before the model, a step "
+                            f"this version of tlrepro does not know ({', '.join(KNOWN_STEPS)}): without it the "
+                            f"model would be fed the wrong pixels, so it is refused; use the tlrepro that saved it.")
     return card
+
+
+def input_transform(card: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The card's `before_model` steps as one function on full-size uint8 RGB pixels (None when there are none);
+    a step whose settings cannot be rebuilt is a UserError."""
+    steps = card.get("before_model") or []
+    if not steps:
+        return None
+    from tlrepro.data.stain import StainNormalizer
+
+    try:
+        normalizers = [StainNormalizer.from_card(step) for step in steps]
+    except ValueError as exc:
+        raise UserError(f"model `{card.get('name')}`: its card's stain normalization cannot be rebuilt ({exc}).") from None
+
+    def prepare(image: np.ndarray) -> np.ndarray:
+        for normalizer in normalizers:
+            image = normalizer.apply(image)
+        return image
+
+    return prepare
+
+
+def seen_fields(train: pd.DataFrame, val: pd.DataFrame, init_from: str | None = None) -> dict[str, list[str]]:
+    """The card's hashes beyond `training_phashes`: the validation images' (as shown), the canonical hashes
+    (smallest over the eight rotations and flips, as the split audit compares them) of training, validation
+    and pretraining images, and for an `init_from` model the pretraining images' (from its card)."""
+    from tlrepro.data.leakage import with_hashes
+
+    shown = {side: with_hashes(frame) for side, frame in (("train", train), ("val", val)) if len(frame)}
+    canonical = {h for frame in shown.values() for h in frame["canonical_phash"]}
+    out: dict[str, list[str]] = {"validation_phashes": sorted(set(shown["val"]["shown_phash"])) if "val" in shown else []}
+    if init_from:
+        pretrained = read_card(paths.pretrained_model(init_from))
+        out["pretraining_phashes"] = sorted({*pretrained.get("training_phashes", []),
+                                             *pretrained.get("validation_phashes", [])})
+        canonical |= set(pretrained.get("canonical_phashes", []))
+    out["canonical_phashes"] = sorted(canonical)
+    return out
 
 
 def load(model_path: Path | str) -> tuple[keras.Model, dict[str, Any]]:
@@ -125,5 +179,5 @@ def resolve(name_or_path: str, models_dir: Path | None = None) -> Path:
 
 
 def card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The part of a card people and the service show: no training hashes."""
-    return {k: v for k, v in card.items() if k != "training_phashes"}
+    """The part of a card people and the service show: no image hashes."""
+    return {k: v for k, v in card.items() if k not in HASH_LISTS}

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tlrepro.core import fileio, inputs
-from tlrepro.data.images import decode_image
+from tlrepro.data.labels import predicted_positive
 
 DEFAULT_ALPHA = 0.4
 DEFAULT_COLORMAP = "jet"
@@ -75,7 +75,7 @@ def _class_scores(probs: Any, class_index: int | None, threshold: float) -> tupl
     if probs.shape[-1] == 1:  # binary sigmoid: P(malignant)
         p = probs[:, 0]
         if class_index is None:
-            chosen = (p.numpy() >= threshold).astype(int)
+            chosen = predicted_positive(p.numpy(), threshold).astype(int)
         else:
             if class_index not in (0, 1):
                 raise ValueError(f"class_index must be 0 or 1 for a binary model, not {class_index}")
@@ -206,7 +206,7 @@ def write_overlays(predictor: Any, paths: Sequence[Path | str], out_dir: Path | 
                 data = inputs.read_regular(path)
             except OSError:
                 continue
-            array, _, ok, _ = decode_image(data, predictor.size)
+            array, _, ok, _ = predictor.decode(data)
             if ok:
                 arrays.append(array)
                 keep.append(name)

@@ -1,11 +1,14 @@
 """Prediction with a saved model and its card: on a folder, a list of paths, or in-memory images.
 
-Preprocessing comes from the card (input size, colour, resizing; scaling is inside the model), never from
-the caller, and images are decoded by the same code the study's evaluation used, so an image gets the same
-probability here as it did there. Each image is decoded once, in parallel (tf.data, fixed order), giving
-both the model's input and the image's perceptual hash; the hash is compared with the hashes of the images
-the model was trained on (in its card), so every prediction says whether the image was, nearly, seen in
-training. Unreadable images are listed with the reason and never stop the rest.
+Preprocessing comes from the card (input size, colour, resizing, the steps before the model such as stain
+normalization with its fitted reference; scaling is inside the model), never from the caller, and images
+are decoded by the same code the study's evaluation used, so an image gets the same probability here as
+it did there. Each image is decoded once, in parallel (tf.data, fixed order), giving both the model's input
+and the perceptual hashes of its eight rotations and flips, as sent and as prepared; they are compared,
+as the split audit compares images, with the hashes of the images that shaped the model (its card: the
+training images, the validation images that chose its epoch and threshold, and an `init_from` model's
+pretraining images), so every prediction says whether the image was, nearly, seen, and how near the
+nearest one is. Unreadable images are listed with the reason and never stop the rest.
 
     tlrepro predict models/sarker2025/MobileNetV2.keras some/folder --out predictions.csv
 """
@@ -28,18 +31,34 @@ from tlrepro.core import fileio, inputs, paths
 from tlrepro.core.errors import UserError
 from tlrepro.data import images
 from tlrepro.data.index import scan
+from tlrepro.data.labels import predicted_positive
 from tlrepro.data.leakage import as_uint64
 from tlrepro.modeling import cards
 
 DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the same picture"
+HASHES = 2 * len(images.VIEWS)  # per image: its eight dihedral forms as sent, then as prepared
 
 
-def _decode_file(path: bytes, size: int) -> tuple[np.ndarray, np.int64, bool, bytes]:
+def _decode_file(path: bytes, size: int, prepare: Any = None) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
     try:
         data = inputs.read_regular(os.fsdecode(path))
     except OSError as exc:
-        return np.zeros((size, size, 3), np.uint8), np.int64(0), False, f"unreadable file: {exc.strerror or exc}".encode()
-    return images.decode_image(data, size)
+        return (np.zeros((size, size, 3), np.uint8), np.zeros(HASHES, np.int64), False,
+                f"unreadable file: {exc.strerror or exc}".encode())
+    return images.decode_image(data, size, prepare)
+
+
+def _nearest(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """For each row of `queries` (N, k) uint64: the smallest Hamming distance of any of its k hashes to any
+    reference hash (65 when there are none)."""
+    out = np.full(len(queries), 65, dtype=int)
+    if not len(references):
+        return out
+    step = max(1, (1 << 22) // (queries.shape[1] * len(references)))  # about 32 MB of XORs at a time
+    for start in range(0, len(queries), step):
+        chunk = queries[start : start + step, :, None] ^ references[None, None, :]
+        out[start : start + step] = np.bitwise_count(chunk).min(axis=(1, 2))
+    return out
 
 
 @dataclass
@@ -61,10 +80,18 @@ class Predictor:
         self.classes = list(self.card["classes"])
         self.threshold = self.card.get("threshold")
         self.seen_distance = int(self.card.get("phash_max_distance", DEFAULT_SEEN_DISTANCE))
-        self.training = as_uint64(self.card.get("training_phashes") or [])
+        self.prepare = cards.input_transform(self.card)
+        seen = ("training_phashes", "validation_phashes", "pretraining_phashes")
+        self.training = np.unique(as_uint64([h for key in seen for h in self.card.get(key) or []]))
+        self.canonical = np.unique(as_uint64(self.card.get("canonical_phashes") or []))
         import tensorflow as tf
 
         self._compiled = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+        """(uint8 image for the model, its perceptual hashes, ok, reason) from encoded bytes, with the card's
+        steps before the model: how every caller (predict, Grad-CAM, the service) turns a file into input."""
+        return images.decode_image(data, self.size, self.prepare)
 
     def forward(self, batch: Any) -> np.ndarray:
         """The model's raw output for a batch of float32 images (N, size, size, 3), values 0..255."""
@@ -83,10 +110,10 @@ class Predictor:
         reader = images.decode_image if from_bytes is not None else _decode_file
 
         def decode(item):
-            image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size), [item],
+            image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size, self.prepare), [item],
                                                         [tf.uint8, tf.int64, tf.bool, tf.string])
             image = tf.ensure_shape(tf.cast(image, tf.float32), (self.size, self.size, 3))
-            return image, tf.ensure_shape(bits, ()), tf.ensure_shape(ok, ()), tf.ensure_shape(reason, ())
+            return image, tf.ensure_shape(bits, (HASHES,)), tf.ensure_shape(ok, ()), tf.ensure_shape(reason, ())
 
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(
             tf.data.AUTOTUNE)
@@ -101,22 +128,26 @@ class Predictor:
             bits.append(phash.numpy()), oks.append(ok.numpy())
             reasons += [r.decode() for r in reason.numpy()]
         if not probs:
-            return np.zeros((0, len(self.classes))), np.zeros(0, np.uint64), np.zeros(0, bool), []
+            return np.zeros((0, len(self.classes))), np.zeros((0, HASHES), np.uint64), np.zeros(0, bool), []
         return (np.concatenate(probs), np.concatenate(bits).view(np.uint64), np.concatenate(oks), reasons)
 
     def nearest_training(self, hashes: np.ndarray) -> np.ndarray:
-        """Hamming distance from each hash to the nearest training image's hash (65 when the card has none)."""
-        if not len(self.training) or not len(hashes):
-            return np.full(len(hashes), 65, dtype=int)
-        out = np.empty(len(hashes), dtype=int)
-        for start in range(0, len(hashes), 256):
-            chunk = hashes[start : start + 256, None] ^ self.training[None, :]
-            out[start : start + 256] = np.bitwise_count(chunk).min(axis=1)
-        return out
+        """Hamming distance (bits) from each image to the nearest image that shaped the model, matched as the
+        split audit matches (tlrepro.data.leakage): its hash, as sent or as prepared, against the training,
+        validation and pretraining images' hashes (near), and its canonical hash (the smallest over its eight
+        rotations and flips) against theirs (dihedral). `hashes` is (N, 16) as `decode` gives them, or (N,)
+        plain hashes; 65 when the card lists none."""
+        hashes = np.asarray(hashes).astype(np.uint64)
+        if hashes.ndim == 1:
+            return _nearest(hashes[:, None], self.training)
+        views = len(images.VIEWS)
+        shown = hashes[:, [0, views]]
+        canonical = np.stack([hashes[:, :views].min(axis=1), hashes[:, views:].min(axis=1)], axis=1)
+        return np.minimum(_nearest(shown, self.training), _nearest(canonical, self.canonical))
 
     def labels_of(self, probs: np.ndarray) -> list[str]:
         if probs.shape[1] == 1:  # binary: P(positive class) against the card's threshold
-            return [self.classes[int(p >= self.threshold)] for p in probs[:, 0]]
+            return [self.classes[int(positive)] for positive in predicted_positive(probs[:, 0], self.threshold)]
         return [self.classes[i] for i in probs.argmax(axis=1)]
 
     def probabilities(self, probs: np.ndarray) -> np.ndarray:
@@ -216,8 +247,9 @@ def predict_folder(model: str | Path, folder: str | Path, *, out: str | Path = "
         print(f"{len(rejected)} file(s) could not be used, with the reasons in {rejected_path}")
     seen = int(table["seen_in_training"].sum())
     if seen:
-        print(f"{seen} image(s) look like images the model was trained on (perceptual hash within "
-              f"{predictor.seen_distance} bits): their predictions say little about new images")
+        print(f"{seen} image(s) look like images the model was trained, validated or pretrained on (perceptual "
+              f"hash within {predictor.seen_distance} bits, in some rotation or flip): their predictions say little "
+              f"about new images")
     if other:
         print(f"{other} other file(s) ignored (not images)")
     return out, table, rejected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from tlrepro.core import progress
 from tlrepro.core.config import Row
+from tlrepro.data.labels import predicted_positive
 from tlrepro.data.tfdata import array_dataset, image_dataset
 from tlrepro.modeling import frozen_cache as fc
 from tlrepro.modeling.models import Classifier
@@ -40,14 +42,40 @@ def optimizer_of(row: Row, learning_rate: float | None = None) -> keras.optimize
     return keras.optimizers.Adam(rate)
 
 
+def _correct_at_half(y_true: Any, y_pred: Any) -> Any:
+    ops = keras.ops
+    y_true = ops.reshape(ops.convert_to_tensor(y_true), (-1,))
+    y_pred = ops.reshape(ops.convert_to_tensor(y_pred), (-1,))
+    return ops.cast(ops.equal(ops.greater_equal(y_pred, 0.5), ops.greater_equal(y_true, 0.5)), "float32")
+
+
+@keras.saving.register_keras_serializable(package="tlrepro")
+class BinaryAccuracy(keras.metrics.MeanMetricWrapper):
+    """Keras's binary accuracy under the project's threshold rule (`labels.predicted_positive`: P >= 0.5;
+    Keras's own metric counts P > 0.5), so the val_accuracy early stopping reads is the reports' accuracy."""
+
+    def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
+        super().__init__(_correct_at_half, name=name, dtype=dtype)
+        self._direction = "up"  # maximised: callbacks with mode "auto" (EarlyStopping) read this, as for Keras's own
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype}
+
+
 def compile_model(model: keras.Model, row: Row, learning_rate: float | None = None) -> None:
     """The row's optimizer with binary or sparse categorical cross-entropy. Call again after changing what
     is trainable."""
     if is_binary_output(model):
-        loss, metric = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
+        loss, metric = "binary_crossentropy", BinaryAccuracy(name="accuracy")
     else:
         loss, metric = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(optimizer=optimizer_of(row, learning_rate), loss=loss, metrics=[metric])
+
+
+def chosen_on_validation(row: Row) -> list[str]:
+    """What a row's training lets its validation images choose (so figures on them are optimistic)."""
+    return ([f"early-stopping epoch ({row.early_stopping.monitor})"] if row.early_stopping else []) + (
+        ["learning-rate schedule"] if row.reduce_lr else [])
 
 
 def targets(labels: np.ndarray, model: keras.Model) -> np.ndarray:
@@ -108,7 +136,8 @@ def loss_and_accuracy(labels: np.ndarray, probs: np.ndarray) -> tuple[float, flo
     if probs.ndim == 1 or probs.shape[-1] == 1:
         p = np.clip(probs.ravel(), eps, 1 - eps)
         y = labels.astype("float64")
-        return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))), float(np.mean((p >= 0.5) == (y >= 0.5)))
+        accuracy = np.mean(predicted_positive(probs.ravel(), 0.5) == y.astype(bool))
+        return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))), float(accuracy)
     p = np.clip(probs[np.arange(len(labels)), labels.astype(int)], eps, 1.0)
     return float(np.mean(-np.log(p))), float(np.mean(probs.argmax(axis=1) == labels))
 

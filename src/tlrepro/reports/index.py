@@ -10,7 +10,7 @@ the index never fails because one study is missing.
 from __future__ import annotations
 
 import base64
-import math
+import re
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
+from tlrepro.core.numbers import interval, is_count, number
 from tlrepro.results import compare, comparison_plots
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -32,22 +33,6 @@ def _read(path: Path, what: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise UserError(f"{paths.relative(path)} has no `results` mapping: re-run `dvc repro study@{path.stem.split('.')[0]}`.")
     return data
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, int | float) and float(value).is_integer() and abs(value) >= 2:
-        return f"{int(value):,}"
-    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
-
-
-def _ci(value: Any, low: Any, high: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
 
 
 def comparison_rows(study: str, metrics: dict[str, Any], details: dict[str, Any]) -> pd.DataFrame:
@@ -78,23 +63,25 @@ def section(study: str, metrics: dict[str, Any] | None, details: dict[str, Any] 
     if metrics is None:
         return out
     details = details or {}
-    prov = details.get("provenance", {"dataset": metrics.get("dataset"), "paper_dataset": paper.get("dataset"),
-                                      "random_init": metrics.get("random_init", [])})
+    prov = details.get("provenance", {"dataset": metrics.get("dataset"), "random_init": metrics.get("random_init", [])})
+    # the paper's side comes from paper_figures.yaml as it is now (a corrected transcription needs no re-run)
+    prov = {**prov, "study": study, "paper_dataset": paper.get("dataset")}
     full = comparison_rows(study, metrics, details)
     frame = full[full["ours"].notna()].reset_index(drop=True)
     missing = full[full["ours"].isna()]
     confidence = config.load_params().evaluation.confidence
     out.update(
         dataset=metrics.get("dataset"), dataset_info=compare.datasets().get(prov.get("source_dataset", metrics.get("dataset")), {}),
-        dataset_differs=prov.get("source_dataset", metrics.get("dataset")) != paper.get("dataset"),
+        dataset_note=compare.dataset_note(prov), seed_kind=prov.get("seed_kind") or "seeds",
         random_init=list(metrics.get("random_init") or []), provenance=prov,
-        lines=[{"row": r.row, "metric": r.metric.replace("_", " "), "paper": _fmt(r.paper, 4),
-                "ours": _ci(r.ours, r.ci_low, r.ci_high), "difference": "—" if pd.isna(r.difference) else f"{r.difference:+.4f}",
+        lines=[{"row": r.row, "metric": r.metric.replace("_", " "), "paper": number(r.paper),
+                "ours": interval(r.ours, r.ci_low, r.ci_high),
+                "difference": number(int(round(r.difference)) if is_count(r.paper) else r.difference, signed=True),
                 "seeds": "—" if pd.isna(r.seed_std) else f"{r.seed_mean:.3f} ± {r.seed_std:.3f} (n={int(r.seeds)})"}
                for r in frame.itertuples()],
         notes=compare.difference_notes(frame, prov, confidence) + compare.unmeasured_notes(missing), frame=frame,
-        ours_only=[{"key": k, **{m: _ci(v.get(m), v.get(f"{m}_ci_low"), v.get(f"{m}_ci_high")) for m in ("accuracy",)},
-                    "f1": _fmt(v.get("f1")), "roc_auc": _fmt(v.get("roc_auc"))}
+        ours_only=[{"key": k, "accuracy": interval(v.get("accuracy"), v.get("accuracy_ci_low"), v.get("accuracy_ci_high")),
+                    "f1": number(v.get("f1"), 3), "roc_auc": number(v.get("roc_auc"), 3)}
                    for k, v in metrics["results"].items()],
         html=f"{study}.html", html_exists=(paths.REPORTS / f"{study}.html").is_file(),
         level=f"{confidence:.0%}",
@@ -131,9 +118,16 @@ def overlap_table(overlap: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"names": names, "rows": rows, "distance": overlap["phash_max_distance"]}
 
 
+def code_spans(escaped: str) -> str:
+    """An already escaped note's `names` as <code> (the notes are written for the Markdown reports too); the
+    template escapes first and marks the result safe: `{{ note | e | code | safe }}`."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", str(escaped))
+
+
 def render_index(sections: list[dict[str, Any]], overlap: dict[str, Any] | None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["code"] = code_spans
     return env.get_template("index.html.j2").render(
         sections=sections, datasets=compare.datasets(), forest=forest_plot(sections), overlap=overlap_table(overlap))
 

@@ -17,8 +17,11 @@ from IPython.display import HTML, Markdown, display
 
 from tlrepro.core import fileio, paths
 from tlrepro.core.errors import UserError
+from tlrepro.core.numbers import interval as ci
+from tlrepro.core.numbers import is_count, number, time_unit
 from tlrepro.data import labels as lab
 from tlrepro.data import sanity
+from tlrepro.data.labels import predicted_positive
 from tlrepro.data.leakage import MATCH_KINDS
 from tlrepro.results import compare, comparison_plots, metrics, plots
 from tlrepro.studies.base import Study
@@ -26,36 +29,14 @@ from tlrepro.studies.base import Study
 SIDE_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
-def ci(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
-    """'0.861 [0.832, 0.889]', or the value alone, or a dash."""
-    if value is None or pd.isna(value):
-        return "—"
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return number(value, digits)
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def number(value: Any, digits: int = 4) -> str:
-    """Counts with separators, rates to `digits` places, tiny values (learning rates) as 1e-05, times to 0.1."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "—"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if float(value).is_integer() and (isinstance(value, int) or abs(value) >= 2):
-        return f"{int(value):,}"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 2:
-        return f"{value:.1f}"
-    if 0 < abs(value) < 1e-3:
-        return f"{value:.0e}"
-    return f"{value:.{digits}f}"
-
-
 def table(frame: pd.DataFrame, caption: str | None = None, digits: int = 4) -> Any:
-    """A DataFrame as people read it: no index, numbers formatted, text left-aligned, an optional caption."""
+    """A DataFrame as people read it: no index, numbers formatted (`number`; a column named with the word `s`
+    or `min` holds times, shown with their unit), text left-aligned, an optional caption."""
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     styler = frame.style.hide(axis="index").format(lambda v: number(v, digits))
+    for column in frame.columns:
+        if unit := time_unit(column):
+            styler = styler.format(lambda v, u=unit: number(v, digits, unit=u), subset=[column])
     if text:
         styler = styler.set_properties(subset=text, **{"text-align": "left"})
     if caption:
@@ -76,12 +57,15 @@ def note(text: str) -> None:
 
 
 def header(study: Study, description: str = "") -> None:
-    """The run's headline: random-weight warning, dataset and seed, and every row's settings."""
-    banner = compare.random_init_banner(study.random_init())
+    """The run's headline: random-weight warning, dataset (and whether it is the paper's) and seed, and every
+    row's settings."""
+    banner = compare.random_init_banner(study.random_init(), study.random_init_via())
     if banner:
         display(HTML(f'<div style="background:#fdecea;border-left:6px solid #c62828;padding:.6em 1em;'
                      f'font-weight:600;color:#8e1b1b">⚠ {banner}</div>'))
     prov = study.provenance()
+    if dataset_note := compare.dataset_note(prov):
+        note(f"**{dataset_note}**")
     subset = ""
     if prov["published_images"] and prov["images"] < prov["published_images"]:
         subset = f" (a subset: {prov['images']:,} of the published {prov['published_images']:,} images)"
@@ -115,8 +99,10 @@ def rows_table(study: Study) -> pd.DataFrame:
 def prov_weights(study: Study, row: str) -> str:
     info = study.provenance()["weights"][row]
     if info["source"] == "random":
-        return "RANDOM"
-    return f"ImageNet (sha256 {info['sha256'][:12]}…)" if info.get("sha256") not in (None, "unknown") else "ImageNet"
+        start = "RANDOM"
+    else:
+        start = f"ImageNet (sha256 {info['sha256'][:12]}…)" if info.get("sha256") not in (None, "unknown") else "ImageNet"
+    return f"`{info['init_from']}`, itself from {start}" if info.get("init_from") else start
 
 
 def _layer(h: Any) -> str:
@@ -275,24 +261,25 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     shown = pd.DataFrame({
         "row": frame["row"], "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
         "ours [CI]": [ci(o, lo, hi) for o, lo, hi in zip(frame["ours"], frame["ci_low"], frame["ci_high"], strict=True)],
-        "ours − paper": frame["difference"],
+        "ours − paper": [number(int(round(d)) if is_count(p) else d, signed=True)
+                         for d, p in zip(frame["difference"], frame["paper"], strict=True)],
         "over seeds": [f"{m:.3f} ± {s:.3f}" if pd.notna(s) else "—" for m, s in zip(frame["seed_mean"], frame["seed_std"], strict=True)],
     })
+    prov = study.provenance()
     if frame["seed_std"].isna().all():
         shown = shown.drop(columns="over seeds")
-    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours on the "
-                      f"{SIDE_NAMES[study.settings.evaluate_on]} side)"))
+    else:
+        shown = shown.rename(columns={"over seeds": f"over {prov['seed_kind']}"})
+    side = study.settings.evaluate_on
+    other = {r: s for r, s in zip(frame["row"], frame["side"], strict=True) if isinstance(s, str) and s != side}
+    sides = SIDE_NAMES[side] + "".join(f"; {r}: {SIDE_NAMES[s]}" for r, s in other.items())
+    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours on the {sides} side)"))
     note(f"<small>{interval_note(ours.values())}</small>")
     rates = frame[frame["paper"] <= 1]  # counts (layers, parameters) are compared in the table only
     if len(rates):
         display(comparison_plots.paper_vs_ours(rates))
-    prov = study.provenance()
-    lines = [f"- {n}" for n in compare.difference_notes(frame, prov, study.params.evaluation.confidence)]
-    if len(missing):
-        names = sorted(set(missing["metric"].str.replace("_", " ")))
-        lines.append(f"- Not measured here, so not compared: {', '.join(names)} (for {', '.join(dict.fromkeys(missing['row']))})"
-                     " — this run's data has no images for them.")
-    note("**Notes on every difference**\n\n" + "\n".join(lines))
+    notes = compare.difference_notes(frame, prov, study.params.evaluation.confidence) + compare.unmeasured_notes(missing)
+    note("**Notes on every difference**\n\n" + "\n".join(f"- {n}" for n in notes))
     return full
 
 
@@ -308,14 +295,15 @@ def provenance(study: Study) -> pd.DataFrame:
     prov = study.provenance()
     records = []
     for row, w in prov["weights"].items():
-        records.append({"row": row, "weights": w["source"], "file": w.get("file", "—"),
+        records.append({"row": row, "weights": w["source"] + (f" (through `{w['init_from']}`)" if w.get("init_from") else ""),
+                        "file": w.get("file", "—"),
                         "sha256": w.get("sha256", "—"), "loaded from": w.get("from", "—")})
     show(table(pd.DataFrame(records), "Initial weights"))
     sizes = pd.DataFrame([{"protocol": p, **{SIDE_NAMES[k]: v for k, v in s.items()}} for p, s in prov["sides"].items()])
     show(table(sizes, "Images per side (rows of the split file; dihedral views count as images; a "
                       "cross-validation's sides are summed over its folds)"))
     facts = {
-        "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"],
+        "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"] or "not named by the paper",
         "images in our dataset": prov["images"], "images in the published dataset": prov["published_images"] or "—",
         "subset of the published set": ("yes" if prov["published_images"] and prov["images"] < prov["published_images"]
                                         else "no"),
@@ -334,7 +322,7 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
     e = study.params.evaluation
     parts = []
     for (protocol, name), r in results.items():
-        correct = (np.asarray(r.probs) >= r.metrics["threshold"]).astype(int) == study.labels(r.frame)
+        correct = predicted_positive(r.probs, r.metrics["threshold"]).astype(int) == study.labels(r.frame)
         grouped = metrics.grouped_accuracy(r.frame.assign(**{group: r.frame["group"]}), correct, group=group,
                                            by=by if by in r.frame else None,
                                            seed=study.seed, resamples=e.bootstrap_resamples, confidence=e.confidence)
@@ -356,7 +344,7 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
 def prediction_samples(study: Study, result: Any, n: int = 8) -> None:
     """A grid of evaluation images titled with the prediction: green when right, red with the true class."""
     positive = study.classes[-1]
-    predicted = np.where(np.asarray(result.probs) >= result.metrics["threshold"], positive, study.classes[0])
+    predicted = np.where(predicted_positive(result.probs, result.metrics["threshold"]), positive, study.classes[0])
     confidence = np.where(predicted == positive, result.probs, 1 - np.asarray(result.probs))
     display(plots.prediction_grid([paths.PROJECT_ROOT / p for p in result.frame["path"]], list(predicted),
                                   list(confidence), truth=list(result.frame["label"]), n=n, seed=study.seed,
@@ -370,7 +358,7 @@ def gradcam_panel(study: Study, result: Any, n: int = 4) -> None:
     from tlrepro.modeling.explain import gradcam, overlay
 
     labels = study.labels(result.frame)
-    predicted = (np.asarray(result.probs) >= result.metrics["threshold"]).astype(int)
+    predicted = predicted_positive(result.probs, result.metrics["threshold"]).astype(int)
     rng = np.random.default_rng(study.seed)
     picks = {kind: rng.permutation(np.flatnonzero(mask))[:n]
              for kind, mask in (("right", predicted == labels), ("wrong", predicted != labels))}

@@ -2,10 +2,12 @@
 
 Kept as data, not code, so a corrected transcription is a one-line YAML change that DVC tracks.
 
-A confidence interval over the test images of one trained model says how much our figure could move with
-other test images; it leaves out the paper's own sampling error and the spread across training seeds. So
-the notes never call a difference "real", and they give no inside/outside verdict at all where the runs
-are not like for like: random initialisation, another dataset, or capped training.
+A confidence interval over the evaluation images of one trained model says how much our figure could move
+with other images; it leaves out the paper's own sampling error and the variation between training runs. So
+the notes never call a difference "real", and they give no inside/outside verdict at all where the runs are
+not like for like (`no_verdict_reasons`): random initialisation (also through an `init_from` pretraining
+entry), a dataset the paper does not name or another one, a subset of the data, a figure measured on the
+images that chose its epoch, schedule or grid cell (ours or the paper's), capped training, a quick pass.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import pandas as pd
 import yaml
 
 from tlrepro.core.errors import UserError
+from tlrepro.core.numbers import is_count, number
 
 FIGURES_FILE = Path(__file__).with_name("paper_figures.yaml")
 COMPARE_COLUMNS = ["row", "metric", "paper", "ours", "ci_low", "ci_high", "difference", "seed_mean", "seed_std",
-                   "seeds", "paper_within_ci"]
+                   "seeds", "paper_within_ci", "side"]
+SIDE_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 @functools.cache
@@ -68,9 +72,10 @@ def compare(study: str, ours: Mapping[str, Mapping[str, Any]], metrics: Sequence
             spread: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> pd.DataFrame:
     """The paper's figures beside ours, one line per (row, metric) the paper reports as a number.
 
-    `ours` maps row -> flat figures (accuracy, accuracy_ci_low, ...); `spread` maps row -> metric -> the
-    seed spread (mean, std, seeds). Rows or metrics we did not measure keep the paper's value with ours
-    empty (NaN); `paper_within_ci` is None where we have no interval.
+    `ours` maps row -> flat figures (accuracy, accuracy_ci_low, ...; `side`: the side they were measured on,
+    when it is not the study's evaluation side); `spread` maps row -> metric -> the seed spread (mean, std,
+    seeds). Rows or metrics we did not measure keep the paper's value with ours empty (NaN);
+    `paper_within_ci` is None where we have no interval.
     """
     entry = load(study)
     metrics = list(metrics or entry.get("headline") or [])
@@ -88,6 +93,7 @@ def compare(study: str, ours: Mapping[str, Mapping[str, Any]], metrics: Sequence
                 "difference": None if value is None else round(value - paper, 6),
                 "seed_mean": seeds.get("mean"), "seed_std": seeds.get("std"), "seeds": seeds.get("seeds"),
                 "paper_within_ci": None if low is None or high is None else bool(low <= paper <= high),
+                "side": mine.get("side"),
             })
     frame = pd.DataFrame(lines, columns=COMPARE_COLUMNS)
     for column in ("paper", "ours", "ci_low", "ci_high", "difference", "seed_mean", "seed_std", "seeds"):
@@ -96,14 +102,50 @@ def compare(study: str, ours: Mapping[str, Mapping[str, Any]], metrics: Sequence
     return frame
 
 
-def no_verdict_reasons(provenance: Mapping[str, Any], row: str) -> list[str]:
-    """Why a row's figures cannot be set against the paper's as like for like (empty when they can)."""
+def paper_dataset_unnamed(provenance: Mapping[str, Any]) -> bool:
+    return not provenance.get("paper_dataset")
+
+
+def dataset_note(provenance: Mapping[str, Any]) -> str:
+    """One sentence when our dataset is not the paper's (or the paper names none), else ''."""
+    ours = provenance.get("dataset")
+    if paper_dataset_unnamed(provenance):
+        described = load(provenance["study"]).get("dataset_described") if provenance.get("study") else None
+        return (f"The paper does not name its dataset{f' ({described})' if described else ''}; this run used "
+                f"`{ours}` in its place.")
+    if provenance.get("source_dataset", ours) != provenance["paper_dataset"]:
+        return f"This run used `{ours}`, not the paper's `{provenance['paper_dataset']}`."
+    return ""
+
+
+def no_verdict_reasons(provenance: Mapping[str, Any], row: str, side: str | None = None) -> list[str]:
+    """Why a row's figures cannot be set against the paper's as like for like (empty when they can).
+
+    `side` is the side the figure was measured on (default: the study's evaluation side, `evaluated_on`). A
+    paper row with `of: <row>` (sarker2025's prediction folder) is a figure of that row's model: its training's
+    reasons (weights, caps, what validation chose) are that row's."""
+    entry = load(provenance["study"]) if provenance.get("study") else {}
+    model = ((entry.get("rows") or {}).get(row) or {}).get("of", row)
     reasons = []
-    if row in provenance.get("random_init", []):
-        reasons.append("trained from random initialisation, not ImageNet weights")
-    if provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset"):
+    if model in provenance.get("random_init", []):
+        via = (provenance.get("random_init_via") or {}).get(model)
+        reasons.append("trained from random initialisation, not ImageNet weights"
+                       + (f" (it starts from the pretraining entry `{via}`, trained from random initialisation)"
+                          if via else ""))
+    if paper_dataset_unnamed(provenance):
+        reasons.append(f"the paper does not name its dataset; ours, `{provenance.get('dataset')}`, stands in for it")
+    elif provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset"):
         reasons.append(f"run on `{provenance.get('dataset')}`, not the paper's `{provenance.get('paper_dataset')}`")
-    capped = (provenance.get("capped_epochs") or {}).get(row)
+    published, images = provenance.get("published_images"), provenance.get("images")
+    if published and images and images < published:
+        reasons.append(f"run on a subset of the data ({images:,} of the published {published:,} images)")
+    chose = (provenance.get("validation_chose") or {}).get(model)
+    if (side or provenance.get("evaluated_on")) == "val" and chose:
+        reasons.append(f"measured on the validation images that chose its {' and '.join(chose)}")
+    paper_chose = entry.get("chosen_on_reported_images")
+    if paper_chose and row in paper_chose.get("rows", [row]):
+        reasons.append(f"the paper's figure was measured on the images that chose {paper_chose['what']}")
+    capped = (provenance.get("capped_epochs") or {}).get(model)
     if capped:
         reasons.append(f"training capped at {capped['ours']} of {capped['paper']} epochs")
     if provenance.get("max_images_per_class"):
@@ -111,28 +153,37 @@ def no_verdict_reasons(provenance: Mapping[str, Any], row: str) -> list[str]:
     return reasons
 
 
+def _shown(value: float, count: bool, signed: bool = False) -> str:
+    return number(int(round(value)), signed=signed) if count else number(value, signed=signed)
+
+
 def difference_notes(frame: pd.DataFrame, provenance: Mapping[str, Any], confidence: float) -> list[str]:
     """One plain sentence per (row, metric): ours beside the paper, the interval, and what it leaves out."""
     level = f"{confidence:.0%}"
+    seed_kind = provenance.get("seed_kind") or "seeds"
     notes = []
     for line in frame.itertuples():
         name = f"{line.row}, {line.metric.replace('_', ' ')}"
         if pd.isna(line.ours):
-            notes.append(f"{name}: not measured here (paper {line.paper:.4g}).")
+            notes.append(f"{name}: not measured here (paper {number(line.paper)}).")
             continue
-        text = f"{name}: ours {line.ours:.4f} vs paper {line.paper:.4f} ({line.difference:+.4f})"
+        side = getattr(line, "side", None) if isinstance(getattr(line, "side", None), str) else None
+        count = is_count(line.paper)  # layers, parameters: whole numbers, printed as such
+        text = (f"{name}: ours {_shown(line.ours, count)} vs paper {_shown(line.paper, count)} "
+                f"({_shown(line.difference, count, signed=True)})")
         if not pd.isna(line.seed_std) and line.seeds and line.seeds > 1:
-            text += f"; across {int(line.seeds)} seeds {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
-        reasons = no_verdict_reasons(provenance, line.row)
+            text += f"; across {int(line.seeds)} {seed_kind} {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
+        reasons = [] if count else no_verdict_reasons(provenance, line.row, side)  # a count has no interval
         if reasons:
             notes.append(text + f". No verdict: {'; '.join(reasons)}.")
         elif line.paper_within_ci is None:
             notes.append(text + ".")
         else:
             where = "inside" if line.paper_within_ci else "outside"
+            images = SIDE_NAMES.get(side or provenance.get("evaluated_on") or "", "evaluation")
             notes.append(text + f"; the paper's figure lies {where} our {level} interval "
-                         f"[{line.ci_low:.3f}, {line.ci_high:.3f}], which covers only the sampling of our test "
-                         f"images, not the paper's own sampling error nor training-seed variance.")
+                         f"[{line.ci_low:.3f}, {line.ci_high:.3f}], which covers only the sampling of our {images} "
+                         f"images, not the paper's own sampling error nor the variation between training runs.")
     return notes
 
 
@@ -142,7 +193,7 @@ def unmeasured_notes(missing: pd.DataFrame) -> list[str]:
         return []
     names = sorted(set(missing["metric"].str.replace("_", " ")))
     return [f"Not measured here, so not compared: {', '.join(names)} (for {', '.join(dict.fromkeys(missing['row']))})"
-            " — this run's data has no images for them."]
+            " — this run produced no figure for them."]
 
 
 def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -154,11 +205,14 @@ def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]
     if published and images and images < published:
         listed.append({"what": "Data", "paper": f"{published:,} images", "ours": f"{images:,} images",
                        "reason": "a subset of the published dataset (the offline mirror holds part of it)"})
-    if provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset"):
+    if not paper_dataset_unnamed(provenance) and (
+            provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset")):
         listed.append({"what": "Dataset", "paper": str(provenance.get("paper_dataset")),
                        "ours": str(provenance.get("dataset")), "reason": "set in params.yaml for this run"})
     for row in provenance.get("random_init", []):
-        listed.append({"what": f"{row} weights", "paper": "ImageNet", "ours": "random initialisation",
+        via = (provenance.get("random_init_via") or {}).get(row)
+        listed.append({"what": f"{row} weights", "paper": "ImageNet",
+                       "ours": f"from `{via}`, itself trained from random initialisation" if via else "random initialisation",
                        "reason": "no ImageNet weights reachable for this backbone (set explicitly in params.yaml)"})
     for row, cap in (provenance.get("capped_epochs") or {}).items():
         listed.append({"what": f"{row} epochs", "paper": f"{cap['paper']} epochs", "ours": f"at most {cap['ours']}",
@@ -169,10 +223,13 @@ def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]
     return listed
 
 
-def random_init_banner(random_init: Sequence[str]) -> str:
-    """The headline every report shows when a model was not given ImageNet weights."""
+def random_init_banner(random_init: Sequence[str], via: Mapping[str, str] | None = None) -> str:
+    """The headline every report shows when a model was not given ImageNet weights, directly or through the
+    pretraining entry its `init_from` names (`via`: row -> entry)."""
     if not random_init:
         return ""
+    through = [f"{row} through `{entry}`" for row, entry in (via or {}).items() if row in random_init]
     return (f"RANDOM INITIALISATION: {', '.join(random_init)} trained WITHOUT ImageNet weights "
-            "(set explicitly in params.yaml). Their figures are not comparable with the paper's.")
+            f"(set explicitly in params.yaml{'; ' + ', '.join(through) + ', its init_from pretraining entry' if through else ''})."
+            " Their figures are not comparable with the paper's.")
 

@@ -46,7 +46,7 @@ def paper_vs_ours(compare_frame: pd.DataFrame, metric: str | None = None) -> Fig
 @styled
 def forest(frame: pd.DataFrame) -> Figure:
     """Every headline rate (0-1) of every study: the paper's figure (diamond) beside ours (dot) with our
-    interval (thin bar) and the spread over training seeds (thick bar, mean ± sd), one line per figure.
+    interval (thin bar) and the spread over repeated seeds (thick bar, mean ± sd), one line per figure.
 
     `frame` is tlrepro.results.compare.compare output with a `study` column (and `random_init`, flagging rows
     trained without ImageNet weights, whose labels then say so).

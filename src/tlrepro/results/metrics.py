@@ -2,7 +2,8 @@
 
 Conventions, shared by every study so that reports compare like with like:
 - label 1 = malignant is the positive class; precision, recall and F1 are the malignant class's;
-- a probability counts as malignant when `y_prob >= threshold` (scikit-learn's curves use the same rule);
+- a probability counts as malignant when `y_prob >= threshold` (`labels.predicted_positive`, the rule every
+  part of the project uses; scikit-learn's curves use the same);
 - a metric that is undefined for the data (ROC AUC with one class only) is None, never NaN, so that the
   metrics JSON stays valid JSON; an undefined precision/recall (no predicted or true positives) is 0.0,
   as scikit-learn's `zero_division=0`;
@@ -22,7 +23,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from tlrepro.core.fileio import plain
-from tlrepro.data.labels import BINARY_CLASSES
+from tlrepro.data.labels import BINARY_CLASSES, predicted_positive
 
 LABELS = (0, 1)
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
@@ -49,7 +50,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
 def binary_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str, Any]:
     """Point metrics at one threshold; roc_auc is None when y_true holds one class only."""
     y, p = _arrays(y_true, y_prob)
-    pred = (p >= threshold).astype(int)
+    pred = predicted_positive(p, threshold).astype(int)
     cm = skm.confusion_matrix(y, pred, labels=LABELS)
     rows = cm.sum(axis=1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -74,7 +75,7 @@ def _resample_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray, thresho
     are one matrix product (scikit-learn per resample would cost seconds). tests/test_metrics.py checks
     every value against scikit-learn with `sample_weight`.
     """
-    pred = p >= threshold
+    pred = predicted_positive(p, threshold)
     pos = y == 1
     tp = weights @ (pos & pred)
     fp = weights @ (~pos & pred)
@@ -184,7 +185,7 @@ def evaluate(y_true: Any, y_prob: Any, *, seed: int, resamples: int, confidence:
         if too_few:
             result["ci_note"] = f"too few {unit}s for an interval ({per['groups']}; at least {MIN_GROUPS} needed)"
     result["classification_report"] = skm.classification_report(
-        y, (p >= threshold).astype(int), labels=LABELS, target_names=BINARY_CLASSES, output_dict=True,
+        y, predicted_positive(p, threshold).astype(int), labels=LABELS, target_names=BINARY_CLASSES, output_dict=True,
         zero_division=0)
     return plain(result)
 

@@ -12,7 +12,7 @@
 
 Models are discovered (their cards read and checked against the model files) when the app is created; a
 model is loaded on its first request and then kept (`serve` loads the default one before it starts
-listening). Images are decoded exactly as `tlrepro predict` decodes them (`data.images.decode_image`), so a
+listening). Images are decoded exactly as `tlrepro predict` decodes them (`Predictor.decode`), so a
 probability here equals the one `predict` writes; requests arriving together share one model call
 (`tlrepro.serve.batching`).
 
@@ -375,11 +375,10 @@ def check_header(data: bytes, max_pixels: int) -> None:
                             f"many pixels is a decompression bomb).")
 
 
-def decode_for(predictor: Any, data: bytes) -> tuple[np.ndarray, np.int64]:
-    """(uint8 image resized for the model, phash bits) decoded exactly as `tlrepro predict` does."""
-    from tlrepro.data.images import decode_image
-
-    array, bits, ok, reason = decode_image(data, predictor.size)
+def decode_for(predictor: Any, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 image resized for the model, perceptual hashes) decoded exactly as `tlrepro predict` does, with
+    the card's steps before the model (`Predictor.decode`)."""
+    array, bits, ok, reason = predictor.decode(data)
     if not ok:
         text = reason.decode()
         status = 413 if text.startswith("too large") else 415 if text.startswith("unsupported") else 400

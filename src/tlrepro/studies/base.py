@@ -17,6 +17,7 @@ import pandas as pd
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.config import Row
 from tlrepro.core.errors import UserError
+from tlrepro.data import derive
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.leakage import with_hashes
@@ -130,7 +131,21 @@ class Study:
         return f"{self.id}/{row}" if len(self.protocols) == 1 else f"{self.id}/{protocol}/{row}"
 
     def random_init(self) -> list[str]:
-        return [r.name for r in self.rows if r.weights == "random"]
+        """Rows trained without ImageNet weights: `weights: random`, or through their `init_from` entry."""
+        via = self.random_init_via()
+        return [r.name for r in self.rows if (r.name in via if r.init_from else r.weights == "random")]
+
+    def random_init_via(self) -> dict[str, str]:
+        """Rows whose `init_from` pretraining entry was trained from random initialisation -> that entry."""
+        return {r.name: r.init_from for r in self.rows if r.init_from and self.initial_weights(r)["source"] == "random"}
+
+    def initial_weights(self, row: Row) -> dict[str, str]:
+        """Where a row's starting weights come from: ImageNet or random; for an `init_from` row, where its
+        pretraining entry started, as that model's card says (the study depends on the model, not its settings)."""
+        if row.init_from:
+            card = fileio.read_json(paths.card_of(paths.pretrained_model(row.init_from)), "pretrained model card")
+            return {**card["weights"], "init_from": row.init_from}
+        return backbones.weights_provenance(row.backbone, row.weights, row.image_size)
 
     def provenance(self) -> dict[str, Any]:
         """What every report states about the run: data, sizes, caps, weights (source and sha256)."""
@@ -145,9 +160,14 @@ class Study:
             "images": len(read_index(self.dataset)), "images_in_split": int(self.split["path"].nunique()),
             "published_images": compare.datasets().get(self.source_dataset, {}).get("published_images"),
             "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(), "capped_epochs": capped,
-            "max_images_per_class": self.params.scale.max_images_per_class,
-            "weights": {r.name: backbones.weights_provenance(r.backbone, r.weights, r.image_size) for r in self.rows},
+            "random_init_via": self.random_init_via(), "max_images_per_class": self.params.scale.max_images_per_class,
+            "weights": {r.name: self.initial_weights(r) for r in self.rows},
             "seed": self.seed, "repeats": self.settings.repeats,
+            # what the repeated seeds vary: in the grid, only each head's initial weights and batch order
+            "seed_kind": "head seeds" if self.settings.grid else "training seeds",
+            "evaluated_on": self.settings.evaluate_on,
+            "validation_chose": {r.name: training.chosen_on_validation(r) + (["grid cell"] if self.settings.grid else [])
+                                 for r in self.rows},
         }
 
 
@@ -338,7 +358,7 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
     return {
         "study": study.id, "row": row.name, "protocol": protocol, "name": study.model_name(row.name, protocol),
         "seed": seed, "backbone": row.backbone,
-        "weights": backbones.weights_provenance(row.backbone, row.weights, row.image_size),
+        "weights": study.initial_weights(row),  # an init_from row: its pretraining entry's start
         "init_from": row.init_from, "se": row.se.model_dump() if row.se else None,
         "head": [layer.model_dump(exclude_none=True) for layer in row.head],
         "image_size": row.image_size,
@@ -353,6 +373,8 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
         "report": f"reports/{study.id}.html",
         "phash_max_distance": study.params.leakage.phash_max_distance,
         "training_phashes": training_phashes(train_frame),
+        **cards.seen_fields(train_frame, study.part("val", protocol), row.init_from),
+        "before_model": derive.input_steps(study.dataset),  # e.g. stain normalization, fitted
     }
 
 

@@ -11,6 +11,9 @@ epoch count. With early stopping, a cell's figures at budget b are those of the 
 would restore (the best validation epoch up to b or up to the stop), validation and test alike.
 
 Cells are chosen on validation only (mean over seeds); test figures are read once for the chosen cell.
+The seeds are head seeds: each varies only a head's initial weights and batch order, over fixed features
+and a fixed split. Where the chosen cell leads the next one by less than that spread, `choice_note` says the
+choice of cell is within noise.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tensorflow as tf
 
 from tlrepro.core.config import EarlyStopping, HeadLayer, Row
 from tlrepro.core.errors import UserError
+from tlrepro.data.labels import predicted_positive
 from tlrepro.modeling import frozen_cache as fc
 from tlrepro.modeling import models
 from tlrepro.results import metrics
@@ -200,7 +204,7 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
             val_probs.append(np.full((*shape, len(y_val)), np.nan)), test_probs.append(np.full((*shape, len(x_test)), np.nan))
             continue
         pv = heads.predict(x_val)
-        acc = ((pv >= 0.5) == (y_val >= 0.5)).mean(axis=-1)
+        acc = (predicted_positive(pv, 0.5) == y_val.astype(bool)).mean(axis=-1)
         loss = _losses(y_val.astype("float64"), pv)
         val_acc.append(acc), val_loss.append(loss), val_probs.append(pv), test_probs.append(heads.predict(x_test))
         if early_stopping is None and record is not None:
@@ -284,9 +288,7 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
                                 "evaluated_epoch": int(e) + 1, "val_accuracy": float(run.val_accuracy[e, i, j]),
                                 "val_loss": float(run.val_loss[e, i, j])})
     cells = pd.DataFrame(records)
-    mean = cells.groupby(["learning_rate", "epochs"], as_index=False)[["val_accuracy", "val_loss"]].mean()
-    # best by mean validation accuracy over seeds; ties go to lower validation loss, then fewer epochs
-    top = mean.sort_values(["val_accuracy", "val_loss", "epochs"], ascending=[False, True, True]).iloc[0]
+    top = ranked(cells).iloc[0]
     lr_index = list(map(float, grid.learning_rates)).index(float(top["learning_rate"]))
     budget = int(top["epochs"])
     chosen = evaluated_epoch(run, budget, row.early_stopping)
@@ -298,7 +300,7 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
     test_probs = run.test_probs[primary_epoch, 0, lr_index]
     best = {"learning_rate": float(top["learning_rate"]), "epochs": budget,
             "mean_val_accuracy": float(top["val_accuracy"]), "evaluated_epoch": primary_epoch + 1,
-            "val_accuracy": float(run.val_accuracy[primary_epoch, 0, lr_index])}
+            "val_accuracy": float(run.val_accuracy[primary_epoch, 0, lr_index]), **margin(cells, top)}
     result = BackboneGrid(row, cells, best, study.evaluate(parts["test"], test_probs), seed_test,
                           run.val_probs[primary_epoch, 0, lr_index], test_probs, feature_seconds, run.seconds,
                           clean_metrics=study.evaluate_clean(parts["test"], test_probs))
@@ -311,6 +313,55 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
         layer.set_weights([kernel, bias])
     result.classifier = classifier
     return result
+
+
+def ranked(cells: pd.DataFrame) -> pd.DataFrame:
+    """The grid's cells, best first: mean validation accuracy over seeds (with its sd over seeds), ties to the
+    lower mean validation loss, then to fewer epochs."""
+    grouped = cells.groupby(["learning_rate", "epochs"])
+    stats = grouped[["val_accuracy", "val_loss"]].mean().join(grouped["val_accuracy"].std().rename("val_accuracy_sd"))
+    return stats.reset_index().sort_values(["val_accuracy", "val_loss", "epochs"], ascending=[False, True, True])
+
+
+def margin(cells: pd.DataFrame, top: pd.Series) -> dict[str, Any]:
+    """How far the chosen cell leads the next best cell that trains different heads (under early stopping a
+    larger budget can hold the very same weights), against the head-seed spread of the two (the larger sd of
+    their validation accuracy over seeds): `within_noise` when the lead is no larger than that spread."""
+    heads = cells.groupby(["learning_rate", "epochs"])["evaluated_epoch"].apply(tuple)
+    chosen = (float(top["learning_rate"]), int(top["epochs"]))
+    order = ranked(cells)
+    others = order[[(lr, e) != chosen and (lr != chosen[0] or heads[(lr, e)] != heads[chosen])
+                    for lr, e in zip(order["learning_rate"], order["epochs"], strict=True)]]
+    if others.empty:
+        return {"runner_up": None}
+    second = others.iloc[0]
+    lead = float(top["val_accuracy"] - second["val_accuracy"])
+    sd = max(float(order.set_index(["learning_rate", "epochs"]).loc[chosen, "val_accuracy_sd"]),
+             float(second["val_accuracy_sd"]))
+    return {"runner_up": {"learning_rate": float(second["learning_rate"]), "epochs": int(second["epochs"]),
+                          "mean_val_accuracy": float(second["val_accuracy"])},
+            "lead": lead, "seed_sd": None if np.isnan(sd) else sd, "within_noise": None if np.isnan(sd) else lead <= sd}
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def choice_note(name: str, best: dict[str, Any]) -> str:
+    """One sentence on how clearly the grid chose a backbone's cell, against the head-seed spread."""
+    chosen = (f"{name}: the chosen cell (learning rate {best['learning_rate']:g}, {_epochs(best['epochs'])}, mean "
+              f"validation accuracy {best['mean_val_accuracy']:.4f})")
+    second = best.get("runner_up")
+    if not second:
+        return f"{chosen} is the grid's only cell."
+    lead = (f"{chosen} leads the next (learning rate {second['learning_rate']:g}, {_epochs(second['epochs'])}, "
+            f"{second['mean_val_accuracy']:.4f}) by {best['lead']:.4f}")
+    if best.get("within_noise") is None:
+        return f"{lead}; with one head seed per cell there is no spread to judge that lead against."
+    if best["within_noise"]:
+        return (f"{lead}, inside the head-seed spread (sd {best['seed_sd']:.4f} over head seeds): the choice of cell "
+                f"is within noise.")
+    return f"{lead}, more than the head-seed spread (sd {best['seed_sd']:.4f} over head seeds)."
 
 
 def replay(row: Row, head: list[HeadLayer], feats: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int,

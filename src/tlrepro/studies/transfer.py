@@ -14,6 +14,7 @@ import numpy as np
 
 from tlrepro.core import config, fileio, paths
 from tlrepro.core.errors import UserError
+from tlrepro.data import derive
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.splits import cap_per_class, split_protocol
@@ -74,6 +75,8 @@ def pretrain(key: str) -> Path:
         "metrics": {"side": "val", **figures},
         "phash_max_distance": params.leakage.phash_max_distance,
         "training_phashes": sorted(set(np.asarray(train["phash"]).tolist())),
+        **cards.seen_fields(train, val),
+        "before_model": derive.input_steps(entry.dataset),
     }
     path, _ = cards.save(classifier.model, paths.pretrained_model(key), card)
     print(f"{key}: {result.epochs_run} epochs in {result.seconds:.0f} s on {len(train)} {entry.dataset} images "

@@ -1,0 +1,74 @@
+"""What a study report prints: every no-verdict reason and the unmeasured figures in its notes, times and
+counts formatted by the one number formatter, and random initialisation reaching rows through `init_from`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+from IPython.display import Markdown
+
+from tlrepro.core import config
+from tlrepro.reports import sections
+from tlrepro.results import compare
+from tlrepro.studies.base import Study
+
+
+@pytest.fixture
+def shown(monkeypatch) -> list:
+    """Everything the sections display, in order."""
+    out: list = []
+    monkeypatch.setattr(sections, "display", out.append)
+    return out
+
+
+def markdown(shown: list) -> str:
+    return "\n".join(item.data for item in shown if isinstance(item, Markdown))
+
+
+def test_the_report_notes_give_every_reason_and_name_the_unmeasured_figures(shown):
+    prov = {"study": "sarker2025", "dataset": "skin", "source_dataset": "skin", "paper_dataset": None,
+            "random_init": [], "capped_epochs": {}, "max_images_per_class": None, "images": 1099,
+            "published_images": 3297, "evaluated_on": "val", "seed_kind": "training seeds",
+            "validation_chose": {"MobileNetV2": ["early-stopping epoch (val_accuracy)"]}}
+    study = SimpleNamespace(id="sarker2025", provenance=lambda: prov, settings=SimpleNamespace(evaluate_on="val"),
+                            params=SimpleNamespace(evaluation=SimpleNamespace(confidence=0.95)))
+    ours = {"MobileNetV2": {"accuracy": 0.81, "accuracy_ci_low": 0.77, "accuracy_ci_high": 0.85, "layers": 158}}
+    full = sections.paper_vs_ours(study, ours)
+    notes = markdown(shown)
+    for text in ("the paper does not name its dataset", "run on a subset of the data (1,099 of the published 3,297",
+                 "measured on the validation images that chose its early-stopping epoch",
+                 "the paper's figure was measured on the images that chose", "ours 158 vs paper 158 (+0)"):
+        assert text in notes, text
+    assert compare.unmeasured_notes(full[full["ours"].isna()])[0] in notes  # one sentence, built in one place
+    caption = shown[0].caption
+    assert "over validation images" in caption
+    table = shown[0].to_html()
+    assert ">+0<" in table and ">0.0000<" not in table  # 158 layers vs 158: a count's difference is a count
+
+
+def test_tables_print_times_with_their_unit_and_counts_as_counts():
+    frame = pd.DataFrame({"row": ["a", "b"], "training s": [1.9, 123.4], "s per epoch": [0.1, 0.25],
+                          "training min (paper, GPU)": [1237, None], "layers": [158.0, 2.0], "accuracy": [0.8, 0.75]})
+    html = sections.table(frame).to_html()
+    for text in (">1.9 s<", ">123 s<", ">0.10 s<", ">0.25 s<", ">1,237 min<", ">158<", ">0.8000<"):
+        assert text in html, text
+    assert "1.9000" not in html and "0.1000" not in html and "158.0000" not in html
+
+
+def test_random_initialisation_of_a_pretraining_entry_reaches_the_rows_that_start_from_it(tmp_path):
+    raw = yaml.safe_load(config.paths.PARAMS_FILE.read_text())
+    raw["pretraining"]["densenet_se_lc25000_lung"]["model"]["weights"] = "random"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = config.load_params(tmp_path / "params.yaml")
+    study = Study("wang2024", params, params.study("wang2024"), pd.DataFrame(), ("benign", "malignant"))
+    assert study.random_init() == ["DenseNet-SE-transfer"]
+    assert study.random_init_via() == {"DenseNet-SE-transfer": "densenet_se_lc25000_lung"}
+    weights = study.initial_weights(study.row("DenseNet-SE-transfer"))
+    assert weights["source"] == "random" and weights["init_from"] == "densenet_se_lc25000_lung"
+    assert "DenseNet-SE-transfer through `densenet_se_lc25000_lung`" in compare.random_init_banner(
+        study.random_init(), study.random_init_via())
+    default = config.load_params()
+    assert Study("wang2024", default, default.study("wang2024"), pd.DataFrame(), ("benign", "malignant")).random_init() == []
