@@ -138,6 +138,7 @@ def build_skin_tree(folder: Path) -> dict:
 
 BREAKHIS_PATIENTS = [
     ("B", "A", "adenosis", "14-22549AB"),
+    ("B", "A", "adenosis", "14-22549CD"),  # another slide set of accession 14-22549
     ("B", "F", "fibroadenoma", "14-9133"),
     ("B", "TA", "tubular_adenoma", "14-3411F"),
     ("M", "DC", "ductal_carcinoma", "14-12312"),
@@ -169,7 +170,7 @@ def build_breakhis_tree(folder: Path, per_patient: int = 5, *, stained: bool = F
                 else:
                     write_image(path, seed)
     write_image(folder / "BreaKHis_v1/histology_slides/breast/benign/SOB/adenosis/stray.png", 1)
-    return {"images": 7 * per_patient, "patients": 6, "rejected": 1}
+    return {"images": 8 * per_patient, "patients": 7, "accessions": 6, "rejected": 1}
 
 
 def build_lc25000_tree(folder: Path, per_class: int = 4) -> dict:

@@ -166,14 +166,16 @@ def test_stray_images_and_unreadable_folders_are_reported(lc25000_raw, tmp_proje
 
 def test_degenerate_splits_are_refused(breakhis_raw, tmp_project):
     prepare_dataset("breakhis")
-    write_study_split("kumar2022")  # three patients per class: one per side, the least a grouped split needs
+    write_study_split("kumar2022")  # six accession numbers: enough for five folds
     before = paths.split_csv("kumar2022").read_bytes()
-    # grouped by magnification, the benign images form one group: no honest three-sided split exists
+    # grouped by magnification there are two groups: no five folds of whole groups exist
     set_params(tmp_project, **{"studies.kumar2022.protocols.patient.group": "magnification"})
     one_line_error(cli(tmp_project, "split", "kumar2022"), "studies.kumar2022.protocols.patient",
-                   "too few for the 3 sides")
-    # fractions that do not sum to 1 are refused by the schema before any work
+                   "5 folds need at least 5 magnifications, and the data has 2: lower `k`")
+    # a cross-validation's test side is its share of the groups: fractions are refused before any work
     set_params(tmp_project, **{"studies.kumar2022.protocols.patient.train": 0.5})
+    one_line_error(cli(tmp_project, "split", "kumar2022"), "takes only `val`")
+    set_params(tmp_project, **{"studies.kumar2022.protocols.image.train": 0.5})
     one_line_error(cli(tmp_project, "split", "kumar2022"), "must sum to 1")
     assert paths.split_csv("kumar2022").read_bytes() == before
 

@@ -72,6 +72,7 @@ def test_breakhis_names():
         "subtype": "A",
         "subtype_name": "adenosis",
         "patient": "14-22549AB",
+        "accession": "14-22549",
         "magnification": 100,
     }
     parsed = parse_breakhis_name("SOB_M_DC-14-2523-400-012.png")
@@ -135,7 +136,9 @@ def test_breakhis_index(breakhis_raw, tmp_project):
     assert (index["source_split"] == "").all()
     rejected = pd.read_csv(paths.rejected_csv("breakhis"))
     assert len(rejected) == breakhis_raw["rejected"] and "SOB_" in rejected["reason"][0]
-    assert list(index.columns[:6]) == ["path", "label", "subtype", "subtype_name", "patient", "magnification"]
+    assert list(index.columns[:7]) == ["path", "label", "subtype", "subtype_name", "patient", "accession",
+                                       "magnification"]
+    assert index["accession"].nunique() == breakhis_raw["accessions"]
 
 
 def test_folder_labels(lc25000_raw, tmp_project):

@@ -123,7 +123,8 @@ def test_patient_level_accuracy_is_the_mean_of_patients_accuracies():
     assert table.loc["40", "patient_accuracy"] == pytest.approx((1 + 0) / 2)  # a: 2/2, b: 0/1
     assert table.loc["100", "patient_accuracy"] == pytest.approx((1 / 2 + 1) / 2)  # a: 1/2, c: 2/2
     assert table.loc["100", "patients"] == 2 and table.loc["all", "images"] == 7
-    assert table.loc["all", "patient_ci_low"] <= table.loc["all", "patient_accuracy"] <= table.loc["all", "patient_ci_high"]
+    # three patients cannot bound a figure: no interval (tests/test_crossval.py covers ten and more)
+    assert table.loc["all", "patient_ci_low"] is None and table.loc["all", "image_ci_high"] is None
 
 
 def test_seed_spread():

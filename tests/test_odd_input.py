@@ -339,7 +339,7 @@ def test_breakhis_oddities_are_rejected_named_and_recorded(tmp_project, capsys):
     assert warnings["magnification"]["count"] == 2 and warnings["class_disagreement"]["count"] == 1
     missing = warnings["magnifications_missing"]
     assert missing["examples"] == ["200X", "400X"]
-    assert missing["message"] == ("magnifications present: 40X (5 images), 100X (30 images); missing: 200X, 400X "
+    assert missing["message"] == ("magnifications present: 40X (5 images), 100X (35 images); missing: 200X, 400X "
                                   "(BreakHis has 40X, 100X, 200X, 400X): nothing can be measured at those")
     for w in warnings.values():
         assert f"warning: {w['message']}" in out
@@ -416,6 +416,7 @@ def test_the_report_shows_the_data_warnings_and_the_missing_magnifications(tmp_p
                                                                              "model_size_mb": 80}}},
                             split=read_index("breakhis"))
     frame = sections.data_warnings(study)
-    assert list(frame["check"]) == ["magnifications missing", "magnifications the paper reports on"]
-    assert frame["what"].iloc[1] == ("the paper reports on 40X, 400X; this run's data has 40X, 100X, so nothing "
+    # the generated copy has no Folds.csv either (params name one): that is a warning of its own
+    assert list(frame["check"]) == ["magnifications missing", "folds missing", "magnifications the paper reports on"]
+    assert frame["what"].iloc[2] == ("the paper reports on 40X, 400X; this run's data has 40X, 100X, so nothing "
                                      "at 400X")

@@ -76,8 +76,14 @@ def test_every_study_writes_its_report_metrics_plots_and_models(e2e):
     wang = read_json(e2e, "reports/metrics/wang2024.json")
     assert {k.split("/")[0] for k in wang["results"]} == {"paper", "honest"}
     assert all("patient_accuracy" in v for v in wang["results"].values())
-    for name in ("kumar2022/patient/VGG16", "wang2024/honest/DenseNet-SE-transfer", "pretrained/densenet_se_lc25000_lung"):
+    for name in ("kumar2022/image/VGG16", "wang2024/paper/DenseNet-SE-transfer", "pretrained/densenet_se_lc25000_lung"):
         assert (root / f"models/{name}.keras").is_file() and (root / f"models/{name}.card.json").is_file(), name
+    # a cross-validation trains one model per fold, on part of the patients: none is saved as the study's model
+    assert not (root / "models/kumar2022/patient").exists() and not (root / "models/wang2024/honest").exists()
+    details = read_json(e2e, "reports/metrics/kumar2022.details.json")["results"]["patient/VGG16"]
+    assert len(details["units"]) == 5 and details["folds"]["accuracy"]["folds"] >= 4
+    assert details["evaluation"]["n"] == e2e.expected["breakhis"]["images"]  # every image tested exactly once
+    assert details["evaluation"]["ci_unit"] == "patient" and details["evaluation"]["patients"] == 6
 
     for study in (*SKIN_ROWS, "kumar2022", "wang2024"):
         executed = nbformat.read(root / f"reports/notebooks/{study}.ipynb", as_version=4)

@@ -3,14 +3,14 @@ counts formatted by the one number formatter, and random initialisation reaching
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import yaml
 from IPython.display import Markdown
 
-from tlrepro.core import config
+from tlrepro.core import config, paths
 from tlrepro.reports import sections
 from tlrepro.results import compare
 from tlrepro.studies.base import Study
@@ -44,7 +44,7 @@ def test_the_report_notes_give_every_reason_and_name_the_unmeasured_figures(show
         assert text in notes, text
     assert compare.unmeasured_notes(full[full["ours"].isna()])[0] in notes  # one sentence, built in one place
     caption = shown[0].caption
-    assert "over validation images" in caption
+    assert "on the validation side" in caption
     table = shown[0].to_html()
     assert ">+0<" in table and ">0.0000<" not in table  # 158 layers vs 158: a count's difference is a count
 
@@ -58,17 +58,19 @@ def test_tables_print_times_with_their_unit_and_counts_as_counts():
     assert "1.9000" not in html and "0.1000" not in html and "158.0000" not in html
 
 
-def test_random_initialisation_of_a_pretraining_entry_reaches_the_rows_that_start_from_it(tmp_path):
-    raw = yaml.safe_load(config.paths.PARAMS_FILE.read_text())
-    raw["pretraining"]["densenet_se_lc25000_lung"]["model"]["weights"] = "random"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = config.load_params(tmp_path / "params.yaml")
+def test_random_initialisation_of_a_pretraining_entry_reaches_the_rows_that_start_from_it(tmp_project):
+    """The study reads where an `init_from` row started from the pretrained model's card (the model is the
+    stage's dependency; the pretraining settings are not)."""
+    card = paths.card_of(paths.pretrained_model("densenet_se_lc25000_lung"))
+    card.parent.mkdir(parents=True)
+    params = config.load_params()
     study = Study("wang2024", params, params.study("wang2024"), pd.DataFrame(), ("benign", "malignant"))
+    card.write_text(json.dumps({"weights": {"source": "random", "note": "random initialisation"}}))
     assert study.random_init() == ["DenseNet-SE-transfer"]
     assert study.random_init_via() == {"DenseNet-SE-transfer": "densenet_se_lc25000_lung"}
     weights = study.initial_weights(study.row("DenseNet-SE-transfer"))
     assert weights["source"] == "random" and weights["init_from"] == "densenet_se_lc25000_lung"
     assert "DenseNet-SE-transfer through `densenet_se_lc25000_lung`" in compare.random_init_banner(
         study.random_init(), study.random_init_via())
-    default = config.load_params()
-    assert Study("wang2024", default, default.study("wang2024"), pd.DataFrame(), ("benign", "malignant")).random_init() == []
+    card.write_text(json.dumps({"weights": {"source": "imagenet", "file": "densenet121.h5"}}))
+    assert study.random_init() == []

@@ -149,12 +149,13 @@ def test_write_study_split_files(breakhis_raw, tmp_project):
     csv, report = paths.split_csv("kumar2022"), paths.leakage_json("kumar2022")
     first = csv.read_bytes(), report.read_bytes()
     written = read_split("kumar2022")
-    assert len(written) == len(frame) == 2 * breakhis_raw["images"]  # two protocols
-    assert list(written.columns[:5]) == ["protocol", "side", "view", "path", "label"]
-    assert {"patient", "subtype", "magnification", "sha256", "phash", "train_match"} <= set(written.columns)
+    # the split by image, then five folds of the patient cross-validation (every image in each fold)
+    assert len(written) == len(frame) == (1 + 5) * breakhis_raw["images"]
+    assert list(written.columns[:8]) == ["protocol", "fold", "side", "view", "path", "label", "class_index", "group"]
+    assert {"patient", "accession", "subtype", "magnification", "sha256", "phash", "train_match"} <= set(written.columns)
     audit = json.loads(report.read_text())
-    assert audit["patient"]["patients_on_several_sides"] == 0
-    assert audit["image"]["patients_on_several_sides"] > 0
+    assert audit["patient"]["patients_on_several_sides"] == audit["patient"]["accessions_on_several_sides"] == 0
+    assert audit["patient"]["folds"] == 5 and audit["image"]["patients_on_several_sides"] > 0
     write_study_split("kumar2022")
     assert (csv.read_bytes(), report.read_bytes()) == first
 
@@ -163,6 +164,8 @@ def test_write_study_split_files(breakhis_raw, tmp_project):
     wang_audit = json.loads(paths.leakage_json("wang2024").read_text())
     assert wang_audit["paper"]["dihedral_copy_pairs"] > 0 and wang_audit["honest"]["dihedral_copy_pairs"] == 0
     assert wang_audit["honest"]["patients_on_several_sides"] == 0
+    honest = wang[wang["protocol"] == "honest"]
+    assert (honest[honest["side"] != "train"]["view"] == "identity").all()  # only training sides are expanded
 
     with pytest.raises(UserError, match="prepare@skin"):
         write_study_split("lin2024")

@@ -1,5 +1,5 @@
-"""The cached frozen path against the plain path, the content-keyed cache, augmented views, determinism, and
-epoch budgets (tiny images, random weights)."""
+"""The cached frozen path against the plain path, the per-image feature store, augmented views, determinism,
+and epoch budgets (32x32 images, TinyDenseNet: Keras's DenseNet with one layer per block, random weights)."""
 
 import numpy as np
 import pandas as pd
@@ -13,25 +13,35 @@ from tlrepro.modeling import models, training
 
 SIZE = 32
 HEAD = [{"pool": "avg"}, {"dense": 8, "activation": "relu"}, {"dropout": 0.2}, {"dense": 1, "activation": "sigmoid"}]
+# TinyDenseNet's last 9 layers start at conv5_block1_0_bn: one tensor (pool4's output) crosses the cut; its last 7
+# start inside the dense layer, where the block's input and the layer's own path both cross.
+WHOLE_LAYER, INSIDE_LAYER = 9, 7
 
 
-@pytest.fixture()
-def split_frame(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
     """24 tiny images whose brightness depends on the class, on train/val/test sides."""
-    monkeypatch.setenv("TLREPRO_FEATURE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     rows = []
     for i in range(24):
         label = "malignant" if i % 2 else "benign"
         pixels = (rng.random((40, 40, 3)) * (255 if i % 2 else 120)).astype("uint8")
-        path = tmp_path / f"{i}.png"
+        path = folder / f"{i}.png"
         Image.fromarray(pixels).save(path)
         rows.append((str(path), label, ("train", "train", "val", "test")[i % 4], f"sha{i}", "identity"))
     return pd.DataFrame(rows, columns=["path", "label", "side", "sha256", "view"])
 
 
+@pytest.fixture()
+def split_frame(images, tmp_path, monkeypatch):
+    """The images, with a feature store of this test's own."""
+    monkeypatch.setenv("TLREPRO_FEATURE_CACHE", str(tmp_path / "cache"))
+    return images
+
+
 def row(**settings):
-    base = {"backbone": "MobileNetV2", "weights": "random", "image_size": SIZE, "batch_size": 4, "head": HEAD,
+    base = {"backbone": "TinyDenseNet", "weights": "random", "image_size": SIZE, "batch_size": 4, "head": HEAD,
             "learning_rate": 1e-3, "epochs": 2}
     return resolve_row("r", RowSettings(), RowSettings(**{**base, **settings}))
 
@@ -48,7 +58,7 @@ def fit(clf, frame, *, epochs=2, seed=3, **kwargs):
                           val_labels=encode(val["label"], BINARY_CLASSES), epochs=epochs, seed=seed, **kwargs)
 
 
-@pytest.mark.parametrize("trainable", [0, 12, 14])
+@pytest.mark.parametrize("trainable", [0, WHOLE_LAYER, INSIDE_LAYER])
 def test_cached_and_plain_paths_predict_the_same(split_frame, trainable):
     clf = classifier(trainable)
     assert fc.split_frozen(clf) is not None
@@ -59,13 +69,10 @@ def test_cached_and_plain_paths_predict_the_same(split_frame, trainable):
 
 
 def test_skip_tensors_crossing_the_cut_are_cached():
-    """Cutting MobileNetV2 inside a residual block must carry the block's skip input across."""
-    clf = classifier(0)
-    crossings = {}
-    for trainable in (12, 13, 14):  # 13 and 14 cut inside MobileNetV2's block_15
-        models.set_trainable(clf, trainable)
-        crossings[trainable] = len(fc.split_frozen(clf).crossing_shapes)
-    assert crossings == {12: 1, 13: 2, 14: 2}
+    """Cutting a DenseNet inside a dense layer must carry the block's input (the concatenation's other input)."""
+    crossings = {trainable: len(fc.split_frozen(classifier(trainable)).crossing_shapes)
+                 for trainable in (WHOLE_LAYER, INSIDE_LAYER)}
+    assert crossings == {WHOLE_LAYER: 1, INSIDE_LAYER: 2}
 
 
 def test_cached_training_matches_plain_training(split_frame):
@@ -94,10 +101,10 @@ def test_frozen_outputs_are_computed_once_then_read_from_cache(split_frame):
 def test_cache_follows_weight_values_not_names(split_frame):
     """A backbone trained by one row and frozen by the next (start_from) must miss the cache: its features are
     those of a direct forward pass through the trained weights."""
-    clf = classifier(14)
+    clf = classifier(INSIDE_LAYER)
     frozen = fc.split_frozen(clf)
     before, _ = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
-    fit(clf, split_frame, epochs=2)  # trains the last 14 backbone layers in place
+    fit(clf, split_frame, epochs=2)  # trains the last layers of the backbone in place
     models.set_trainable(clf, 0)  # then freeze all of it, as a `start_from` row would
     frozen_after = fc.split_frozen(clf)
     after, hit = fc.extract(frozen_after, split_frame, classifier=clf, batch_size=8)
@@ -115,7 +122,7 @@ def test_damaged_cache_file_is_recomputed(split_frame, tmp_path):
     clf = classifier(0)
     frozen = fc.split_frozen(clf)
     first, _ = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
-    (entry,) = list((tmp_path / "cache").glob("*.npz"))
+    (entry,) = list((tmp_path / "cache").rglob("*.x0.npy"))
     entry.write_bytes(entry.read_bytes()[:100])  # truncated, as after a crash or a full disk
     again, hit = fc.extract(frozen, split_frame, classifier=clf, batch_size=8)
     assert not hit
@@ -126,7 +133,7 @@ def test_augmentation_trains_on_images_but_validates_on_cached_outputs(split_fra
     histories = []
     for use_cache in (True, False):
         training.seed_everything(3)
-        clf = classifier(12, augmentation={"flip": "horizontal", "rotation": 0.1})
+        clf = classifier(WHOLE_LAYER, augmentation={"flip": "horizontal", "rotation": 0.1})
         assert fc.split_frozen(clf) is None
         result = fit(clf, split_frame, use_cache=use_cache)
         assert not result.cached
@@ -152,7 +159,7 @@ def test_same_seed_gives_identical_history(split_frame):
     histories = []
     for _ in range(2):
         training.seed_everything(7)
-        histories.append(fit(classifier(12), split_frame, seed=7).history)
+        histories.append(fit(classifier(WHOLE_LAYER), split_frame, seed=7).history)
     pd.testing.assert_frame_equal(histories[0], histories[1], check_exact=True)
 
 

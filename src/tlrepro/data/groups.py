@@ -38,7 +38,8 @@ def majority_labels(frame: pd.DataFrame, groups: pd.Series) -> pd.Series:
     return frame["label"].groupby(groups.to_numpy()).agg(lambda s: s.value_counts().sort_index().idxmax())
 
 
-def grouped(frame: pd.DataFrame, fractions: dict[str, float], groups: pd.Series, seed: int, where: str) -> pd.Series:
+def grouped(frame: pd.DataFrame, fractions: dict[str, float], groups: pd.Series, seed: int, where: str,
+            name: str = "group") -> pd.Series:
     """Whole groups to each side of one split, so no group appears on two sides.
 
     Per label (a group's most common label), groups are shuffled (seeded); each side that should get images
@@ -54,9 +55,9 @@ def grouped(frame: pd.DataFrame, fractions: dict[str, float], groups: pd.Series,
     for label in sorted(group_label.unique()):
         members = np.sort(group_label.index[group_label == label].to_numpy())
         if len(members) < len(wanted):
-            raise UserError(f"{where}: only {len(members)} group(s) with label {label!r}, too few for the "
+            raise UserError(f"{where}: only {len(members)} {name}(s) with label {label!r}, too few for the "
                             f"{len(wanted)} sides {'/'.join(wanted)} without sharing one: set a side's fraction "
-                            f"to 0, or use method stratified (then groups sit on several sides).")
+                            f"to 0, or use method stratified (then {name}s sit on several sides).")
         members = members[rng.permutation(len(members))]
         total = sizes[members].sum()
         filled = dict.fromkeys(SIDES, 0)
@@ -69,12 +70,13 @@ def grouped(frame: pd.DataFrame, fractions: dict[str, float], groups: pd.Series,
     return groups.map(assigned)
 
 
-def grouped_kfold(frame: pd.DataFrame, groups: pd.Series, k: int, seed: int, where: str) -> list[pd.Series]:
+def grouped_kfold(frame: pd.DataFrame, groups: pd.Series, k: int, seed: int, where: str,
+                  name: str = "group") -> list[pd.Series]:
     """k folds of whole groups (scikit-learn's StratifiedGroupKFold: label proportions kept as far as groups
     allow, seeded); fold f tests its groups and trains on the rest. Every group is tested exactly once."""
     n_groups = groups.nunique()
     if n_groups < k:
-        raise UserError(f"{where}: {k} folds need at least {k} groups, and the data has {n_groups}: lower `k`.")
+        raise UserError(f"{where}: {k} folds need at least {k} {name}s, and the data has {n_groups}: lower `k`.")
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     out = []
     # scikit-learn warns when a class has fewer images than folds; the folds are still valid for pooled results

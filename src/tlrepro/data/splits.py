@@ -92,7 +92,7 @@ def split_protocol(frame: pd.DataFrame, protocol: Split, *, seed: int, group: st
     else:
         frame = frame.assign(group="")
     if protocol.cross_validation:
-        assignments = (groups.grouped_kfold(frame, frame["group"], protocol.folds, seed, where)
+        assignments = (groups.grouped_kfold(frame, frame["group"], protocol.folds, seed, where, column)
                        if protocol.method == "grouped_kfold" else groups.dataset_folds(frame, where))
         return pd.concat([
             _finish(frame, groups.carve_validation(frame, sides, frame["group"], protocol.val or 0.0, seed + fold),
@@ -104,7 +104,7 @@ def split_protocol(frame: pd.DataFrame, protocol: Split, *, seed: int, group: st
     elif protocol.method == "stratified":
         side = stratified(frame, fractions, seed)
     else:
-        side = groups.grouped(frame, fractions, frame["group"], seed, where)
+        side = groups.grouped(frame, fractions, frame["group"], seed, where, column)
     return _finish(frame, side, protocol, where, "")
 
 

@@ -124,22 +124,49 @@ def code_spans(escaped: str) -> str:
     return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", str(escaped))
 
 
-def render_index(sections: list[dict[str, Any]], overlap: dict[str, Any] | None) -> str:
+def protocol_gaps(details: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Every study's paper-protocol vs honest accuracy (their details' `protocol_gap`): table lines and a figure."""
+    records = []
+    for study, detail in details.items():
+        for protocol, rows in ((detail or {}).get("protocol_gap") or {}).items():
+            primary = (detail.get("provenance") or {}).get("primary_protocol", "paper")
+            for rec in rows:
+                records.append({**rec, "study": study, "protocol": protocol, "primary": primary,
+                                "label": f"{study} · {rec['row']}"})
+    if not records:
+        return None
+    frame = pd.DataFrame(records)
+    unit = records[0].get("unit", "patient")
+    fig = comparison_plots.protocol_gap(frame)
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    lines = [{"study": r["study"], "row": r["row"], "primary": r["primary"], "protocol": r["protocol"],
+              "paper_protocol": number(r["paper_protocol"], 3), "honest": number(r["honest"], 3),
+              "difference": interval(r["difference"], r.get("ci_low"), r.get("ci_high")),
+              "groups": r.get(f"{unit}s"), "note": r.get("ci_note") if isinstance(r.get("ci_note"), str) else ""}
+             for r in records]
+    return {"lines": lines, "unit": unit,
+            "figure": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+
+
+def render_index(sections: list[dict[str, Any]], overlap: dict[str, Any] | None,
+                 gaps: dict[str, Any] | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["code"] = code_spans
     return env.get_template("index.html.j2").render(
-        sections=sections, datasets=compare.datasets(), forest=forest_plot(sections), overlap=overlap_table(overlap))
+        sections=sections, datasets=compare.datasets(), forest=forest_plot(sections), overlap=overlap_table(overlap),
+        gaps=gaps)
 
 
 def write_index() -> Path:
     """Write reports/index.html from the metrics and details files; returns its path."""
     params = config.load_params()
     ids = list(dict.fromkeys([*compare.studies(), *params.studies]))
-    sections = [section(s, _read(paths.metrics_json(s), "metrics file"), _read_details(s)) for s in ids
-                if s in compare.studies()]
+    details = {s: _read_details(s) for s in ids if s in compare.studies()}
+    sections = [section(s, _read(paths.metrics_json(s), "metrics file"), details[s]) for s in details]
     overlap = fileio.read_json(paths.overlap_json(), "overlap file") if paths.overlap_json().is_file() else None
-    return fileio.write_text(paths.REPORTS / "index.html", render_index(sections, overlap))
+    return fileio.write_text(paths.REPORTS / "index.html", render_index(sections, overlap, protocol_gaps(details)))
 
 
 def _read_details(study: str) -> dict[str, Any] | None:

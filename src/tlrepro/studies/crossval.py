@@ -83,7 +83,8 @@ def protocol_gap(paper: pd.DataFrame, paper_correct: np.ndarray, honest: pd.Data
     na = np.bincount(a, minlength=len(groups)).astype(float)
     pb = np.bincount(b, weights=np.asarray(honest_correct, float), minlength=len(groups))
     nb = np.bincount(b, minlength=len(groups)).astype(float)
-    out = {"paper_protocol": float(pa.sum() / na.sum()), "honest": float(pb.sum() / nb.sum()), f"{unit}s": len(groups)}
+    out = {"paper_protocol": float(pa.sum() / na.sum()), "honest": float(pb.sum() / nb.sum()), f"{unit}s": len(groups),
+           "unit": unit}
     out["difference"] = out["paper_protocol"] - out["honest"]
     if len(groups) < metrics.MIN_GROUPS:
         return {**out, "ci_low": None, "ci_high": None,
