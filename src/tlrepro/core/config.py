@@ -376,6 +376,17 @@ class Serve(Strict):
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0  # how long a request waits for others to join
 
 
+class Compute(Strict):
+    """Where and how TensorFlow runs (tlrepro.modeling.compute). `auto` keeps a CPU run exactly as it was (the
+    default strategy, float32, no XLA) and uses every local GPU (MirroredStrategy, float16 where the GPU gains
+    from it, XLA) on a GPU machine. `multi_worker` reads the cluster from TF_CONFIG. Batch sizes in params stay
+    the global batch; each replica gets its share."""
+
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+
+
 class Params(Strict):
     seed: NonNegInt
     scale: Scale = Scale()
@@ -386,6 +397,7 @@ class Params(Strict):
     pretraining: dict[str, Pretraining] = Field(default_factory=dict)
     studies: dict[str, Study] = Field(default_factory=dict)
     serve: Serve = Serve()
+    compute: Compute = Compute()
 
     @field_validator("datasets", "derived", "pretraining", "studies")
     @classmethod

@@ -41,22 +41,44 @@ def _views(frame: pd.DataFrame) -> np.ndarray:
     return np.full(len(frame), "identity")
 
 
+# Keras 3.15's fit makes two iterators per epoch of a finite dataset (one ends the epoch): a seeded
+# reshuffling dataset shows epoch e its iteration 2e - 1. tests/test_compute.py fails if Keras changes this (a
+# mirrored run, laid out explicitly, would then no longer match one device's).
+FIT_ITERATIONS_PER_EPOCH = 2
+
+
+def fit_orders(n: int, seed: int, epochs: int, stride: int = FIT_ITERATIONS_PER_EPOCH) -> np.ndarray:
+    """(epochs, n): the order in which `fit` on one device sees the rows of a dataset reshuffled with `seed`,
+    epoch by epoch (iterations 1, 1 + stride, ... of tf.data's seeded shuffle)."""
+    order = tf.data.Dataset.range(n).shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    drawn = [np.fromiter(order.as_numpy_iterator(), dtype=np.int64, count=n) for _ in range(1 + (epochs - 1) * stride)]
+    return np.stack(drawn[::stride])
+
+
 def image_dataset(frame: pd.DataFrame, image_size: int, batch_size: int, *, labels: np.ndarray | None = None,
-                  shuffle: bool = False, seed: int = 42) -> tf.data.Dataset:
+                  shuffle: bool = False, seed: int = 42, epochs: int | None = None) -> tf.data.Dataset:
     """Batches of float32 images (0..255) of `frame`'s path/view rows, with `labels` when given.
 
-    Shuffled (seeded, reshuffled every epoch) only when asked.
+    Shuffled (seeded, reshuffled every epoch) only when asked; with `epochs`, the orders are laid out explicitly
+    for that many epochs, the same as one device's (`fit_orders`), for distributed training.
     """
     slices = (frame["path"].astype(str).to_numpy(), _views(frame))
-    ds = tf.data.Dataset.from_tensor_slices(slices if labels is None else (*slices, labels))
-    if shuffle:
-        ds = ds.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
+    slices = slices if labels is None else (*slices, np.asarray(labels))
 
     def decode(path, view, *label):
         image = tf.numpy_function(lambda p, v: load_resized(p, image_size, v), [path, view], tf.uint8)
         image = tf.ensure_shape(tf.cast(image, tf.float32), (image_size, image_size, 3))
         return (image, *label) if label else image
 
+    if shuffle and epochs:  # explicit orders (distributed training): each epoch batched on its own
+        held = tuple(tf.constant(s) for s in slices)
+        return tf.data.Dataset.from_tensor_slices(fit_orders(len(frame), seed, epochs)).flat_map(
+            lambda o: tf.data.Dataset.from_tensor_slices(tuple(tf.gather(h, o) for h in held))
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+        ).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(slices)
+    if shuffle:
+        ds = ds.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -67,10 +89,21 @@ def path_dataset(files: Sequence[str | Path], image_size: int, batch_size: int) 
 
 
 def array_dataset(arrays: list[np.ndarray] | np.ndarray, labels: np.ndarray, batch_size: int, *,
-                  shuffle: bool = False, seed: int = 42) -> tf.data.Dataset:
-    """Batches of in-memory arrays (cached frozen outputs: one array per tensor crossing the cut) and labels."""
+                  shuffle: bool = False, seed: int = 42, orders: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of in-memory arrays (cached frozen outputs: one array per tensor crossing the cut) and labels.
+
+    Shuffled (seeded, reshuffled every epoch) when asked; with explicit per-epoch `orders`, batched in those."""
     inputs = tuple(arrays) if isinstance(arrays, list) and len(arrays) > 1 else (
         arrays[0] if isinstance(arrays, list) else arrays)
+    if orders is not None:
+        labels = np.asarray(labels)
+        batches = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+            lambda o: tf.data.Dataset.from_tensor_slices(o).batch(batch_size))
+        held = (tuple(tf.constant(a) for a in inputs) if isinstance(inputs, tuple) else tf.constant(inputs),
+                tf.constant(labels))
+        pick = ((lambda i: (tuple(tf.gather(a, i) for a in held[0]), tf.gather(held[1], i)))
+                if isinstance(inputs, tuple) else (lambda i: (tf.gather(held[0], i), tf.gather(held[1], i))))
+        return batches.map(pick).prefetch(tf.data.AUTOTUNE)
     ds = tf.data.Dataset.from_tensor_slices((inputs, labels))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)

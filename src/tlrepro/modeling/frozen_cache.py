@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from tlrepro.core import paths
 from tlrepro.data.tfdata import decoding_fingerprint, image_dataset
+from tlrepro.modeling import compute
 from tlrepro.modeling.feature_store import FeatureStore
 from tlrepro.modeling.models import Classifier, build_augmentation
 
@@ -135,12 +136,14 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def fingerprint(classifier: Classifier, frozen: FrozenSplit, extra: str = "") -> str:
-    """What the frozen outputs depend on besides the image: decoding code, architecture, cut, weight values.
-    Nothing about the device or the number of replicas: a store filled on a GPU serves a CPU run."""
+    """What the frozen outputs depend on besides the image: decoding code, architecture, cut, weight values and
+    the numeric precision. Nothing about the device or the number of replicas: a store filled by one GPU serves
+    two, or a CPU run of the same precision."""
     row = classifier.row
     parts = [CACHE_VERSION, decoding_fingerprint(), row.backbone, json.dumps(row.se.model_dump() if row.se else None),
              classifier.preprocessing.mode, str(classifier.image_size), frozen.cut,
              json.dumps([list(s) for s in frozen.crossing_shapes]), keras.__version__, tf.__version__, extra,
+             keras.mixed_precision.global_policy().name,
              weights_digest(frozen.extractor)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
@@ -159,9 +162,18 @@ def store_for(classifier: Classifier, frozen: FrozenSplit, extra: str = "", cach
 
 
 def _run(model_fn, dataset: tf.data.Dataset, steps: int, description: str) -> list[np.ndarray]:
+    """model_fn over every batch, in order; under a distribution strategy each global batch is sharded over the
+    replicas and gathered back in order."""
+    plan = compute.current()
+    if plan.distributed:
+        dataset = plan.strategy.experimental_distribute_dataset(dataset)
     chunks: list[list[np.ndarray]] = []
     for batch in tqdm(dataset, total=steps, desc=description, unit="batch", leave=False, disable=None):
-        out = model_fn(batch)
+        if plan.distributed:
+            out = plan.strategy.run(model_fn, args=(batch,))
+            out = [plan.strategy.gather(o, axis=0) for o in (out if isinstance(out, list | tuple) else [out])]
+        else:
+            out = model_fn(batch)
         out = out if isinstance(out, list | tuple) else [out]
         chunks.append([keras.ops.convert_to_numpy(o) for o in out])
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []

@@ -99,6 +99,10 @@ def build_head(spec: Sequence[HeadLayer], name: str = "head") -> keras.Sequentia
             built.append(layers.Dropout(item.dropout))
         else:
             built.append(layers.Dense(item.dense, activation=item.activation))
+    if isinstance(built[-1], layers.Dense) and keras.mixed_precision.global_policy().compute_dtype != "float32":
+        # under mixed precision the probabilities stay float32, as Keras advises for the output layer
+        last = spec[-1]
+        built[-1] = layers.Dense(last.dense, activation=last.activation, dtype="float32")
     return keras.Sequential(built, name=name)
 
 

@@ -20,7 +20,8 @@ import tensorflow as tf
 from tlrepro.core import progress
 from tlrepro.core.config import Row
 from tlrepro.data.labels import predicted_positive
-from tlrepro.data.tfdata import array_dataset, image_dataset
+from tlrepro.data.tfdata import array_dataset, fit_orders, image_dataset
+from tlrepro.modeling import compute
 from tlrepro.modeling import frozen_cache as fc
 from tlrepro.modeling.models import Classifier
 
@@ -69,7 +70,8 @@ def compile_model(model: keras.Model, row: Row, learning_rate: float | None = No
         loss, metric = "binary_crossentropy", BinaryAccuracy(name="accuracy")
     else:
         loss, metric = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=optimizer_of(row, learning_rate), loss=loss, metrics=[metric])
+    model.compile(optimizer=optimizer_of(row, learning_rate), loss=loss, metrics=[metric],
+                  jit_compile=compute.current().jit_compile)
 
 
 def chosen_on_validation(row: Row) -> list[str]:
@@ -198,7 +200,9 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
     frozen = fc.split_frozen(classifier) if use_cache else None
     started = time.perf_counter()
     computed = False
-    steps = None
+    # under a distribution strategy the batch orders are laid out explicitly, the same as on one device
+    explicit = epochs if compute.current().distributed else None
+    steps = int(np.ceil(len(train_frame) / batch)) if explicit else None
     if frozen is not None:
         model = frozen.trainer
         y_train, y_val = targets(train_labels, model), targets(val_labels, model)
@@ -206,13 +210,14 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
             views, hit = fc.extract_views(frozen, train_frame, classifier=classifier, views=row.augmentation_views,
                                           seed=seed, batch_size=batch)
             computed |= not hit
-            train_ds, steps = _cycle_views(views, y_train, batch, seed)
+            train_ds, steps = _cycle_views(views, y_train, batch, seed, explicit)
             path = f"cached augmented views ({row.augmentation_views})"
         else:
             x_train, hit = fc.extract(frozen, train_frame, classifier=classifier, batch_size=batch,
                                       description=f"{name}: frozen outputs, train")
             computed |= not hit
-            train_ds = array_dataset(x_train, y_train, batch, shuffle=True, seed=seed)
+            train_ds = array_dataset(x_train, y_train, batch, shuffle=True, seed=seed,
+                                     orders=fit_orders(len(y_train), seed, explicit) if explicit else None)
             path = "cached features"
         val_ds = None
         if has_val:
@@ -223,7 +228,8 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
     else:
         model = classifier.model
         y_train, y_val = targets(train_labels, model), targets(val_labels, model)
-        train_ds = image_dataset(train_frame, classifier.image_size, batch, labels=y_train, shuffle=True, seed=seed)
+        train_ds = image_dataset(train_frame, classifier.image_size, batch, labels=y_train, shuffle=True, seed=seed,
+                                 epochs=explicit)
         val_ds = image_dataset(val_frame, classifier.image_size, batch, labels=y_val) if has_val else None
         inference = fc.split_frozen(classifier, inference=True) if use_cache and has_val else None
         if inference is not None:  # augmentation in training only: validate on cached frozen outputs
@@ -247,14 +253,23 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
     return TrainResult(frame, seconds, path, feature_seconds, frozen.cut if frozen else None, best, snapshots.weights)
 
 
-def _cycle_views(views: list[list[np.ndarray]], labels: np.ndarray, batch: int, seed: int
-                 ) -> tuple[tf.data.Dataset, int]:
-    """Epoch e trains on view e mod K (each view reshuffled): (an endless dataset, steps per epoch)."""
+def _cycle_views(views: list[list[np.ndarray]], labels: np.ndarray, batch: int, seed: int,
+                 epochs: int | None = None) -> tuple[tf.data.Dataset, int]:
+    """Epoch e trains on view e mod K (each view reshuffled): (an endless dataset, steps per epoch); with
+    `epochs`, the same batches laid out explicitly for that many epochs (distributed training)."""
+    steps = int(np.ceil(len(labels) / batch))
+    if epochs:  # one iterator runs through the cycle: view k's pass j is its shuffle's iteration j + 1
+        orders = [fit_orders(len(labels), seed + k, -(-epochs // len(views)), stride=1) for k in range(len(views))]
+        parts = [array_dataset(views[e % len(views)], labels, batch, orders=orders[e % len(views)][e // len(views)][None])
+                 for e in range(epochs)]
+        for part in parts[1:]:
+            parts[0] = parts[0].concatenate(part)
+        return parts[0], steps
     datasets = [array_dataset(v, labels, batch, shuffle=True, seed=seed + k) for k, v in enumerate(views)]
     cycle = datasets[0]
     for ds in datasets[1:]:
         cycle = cycle.concatenate(ds)
-    return cycle.repeat(), int(np.ceil(len(labels) / batch))
+    return cycle.repeat(), steps
 
 
 def predict(classifier: Classifier, frame: pd.DataFrame, *, batch_size: int | None = None,

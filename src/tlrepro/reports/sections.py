@@ -89,11 +89,17 @@ def rows_table(study: Study) -> pd.DataFrame:
             "learning rate": f"{row.learning_rate:g}" if row.learning_rate is not None else "grid",
             "epochs": (f"{study.epochs(row)} (paper {row.epochs})" if row.epochs and study.epochs(row) < row.epochs
                        else row.epochs or "grid"),
-            "batch": row.batch_size, "image size": row.image_size,
+            "batch": _batch(study, row.batch_size), "image size": row.image_size,
             "augmentation": ", ".join(f"{k} {v}" for k, v in row.augmentation.transforms()) if row.augmentation else "—",
             "head": " → ".join(_layer(h) for h in row.head),
         })
     return pd.DataFrame(records)
+
+
+def _batch(study: Study, batch: int) -> str:
+    """The row's batch: the global batch, and each replica's share when the strategy has several."""
+    replicas = (study.provenance().get("compute") or {}).get("replicas", 1)
+    return f"{batch} ({-(-batch // replicas)} per replica x {replicas})" if replicas > 1 else str(batch)
 
 
 def prov_weights(study: Study, row: str) -> str:
@@ -310,9 +316,20 @@ def provenance(study: Study) -> pd.DataFrame:
         "scale.max_images_per_class": prov["max_images_per_class"] or "none",
         "epoch caps": ", ".join(f"{r}: {c['ours']} of {c['paper']}" for r, c in prov["capped_epochs"].items()) or "none",
         "seed": prov["seed"],
+        "ran on": compute_text(prov.get("compute")),
     }
     show(table(pd.DataFrame({"fact": list(facts), "value": [str(v) for v in facts.values()]}), "This run"))
     return sizes
+
+
+def compute_text(plan: dict[str, Any] | None) -> str:
+    """'mirrored over 2 replicas (GPU:0, GPU:1: NVIDIA H200 (cc 9.0) x2), mixed_float16, XLA auto' and the like."""
+    if not plan:
+        return "—"
+    where = ", ".join(d.rsplit("/", 1)[-1].replace("device:", "") for d in plan["devices"])
+    gpus = "; ".join(plan.get("gpus") or []) or "no GPU"
+    return (f"{plan['strategy']} strategy, {plan['replicas']} replica(s) ({where}; {gpus}); precision "
+            f"{plan['precision']}; XLA {plan['jit_compile']}")
 
 
 def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> pd.DataFrame:

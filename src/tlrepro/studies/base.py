@@ -22,7 +22,7 @@ from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.leakage import with_hashes
 from tlrepro.data.splits import read_split
-from tlrepro.modeling import backbones, cards, models, training
+from tlrepro.modeling import backbones, cards, compute, models, training
 from tlrepro.results import compare, metrics
 from tlrepro.studies import crossval
 from tlrepro.studies.crossval import Unit
@@ -162,7 +162,7 @@ class Study:
             "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(), "capped_epochs": capped,
             "random_init_via": self.random_init_via(), "max_images_per_class": self.params.scale.max_images_per_class,
             "weights": {r.name: self.initial_weights(r) for r in self.rows},
-            "seed": self.seed, "repeats": self.settings.repeats,
+            "seed": self.seed, "repeats": self.settings.repeats, "compute": compute.current().describe(),
             # what the repeated seeds vary: in the grid, only each head's initial weights and batch order
             "seed_kind": "head seeds" if self.settings.grid else "training seeds",
             "evaluated_on": self.settings.evaluate_on,
@@ -172,8 +172,10 @@ class Study:
 
 
 def load_study(study_id: str, params_file: str | Path | None = None) -> Study:
-    """Read and validate params.yaml and data/splits/<study>.csv, and seed everything with the study's seed."""
+    """Read and validate params.yaml and data/splits/<study>.csv, set up where TensorFlow runs (params
+    `compute`), and seed everything with the study's seed."""
     params = config.load_params(Path(params_file) if params_file else None)
+    compute.activate(params.compute)
     settings = params.study(study_id)
     split = read_split(study_id)
     order = split.drop_duplicates("label").assign(i=lambda f: f["class_index"].astype(int)).sort_values("i")
@@ -223,8 +225,10 @@ def init_backbone(row: Row) -> Any:
 
 
 def build(study: Study, row: Row, seed: int) -> models.Classifier:
-    backbone = init_backbone(row) if row.init_from else None
-    classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
+    """The row's classifier with its freeze policy, its variables made under the run's distribution strategy."""
+    with compute.current().scope():
+        backbone = init_backbone(row) if row.init_from else None
+        classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
     models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     return classifier
 
@@ -243,17 +247,18 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
         models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     else:
         classifier = build(study, row, seed)
-    train_frame, val_frame = study.part("train", protocol, unit), study.part("val", protocol, unit)
-    label = ", ".join(x for x in (protocol if len(study.protocols) > 1 else "", unit.describe(study.units(protocol)))
-                      if x)
-    result = training.train(classifier, train_frame, val_frame, train_labels=study.labels(train_frame),
-                            val_labels=study.labels(val_frame), epochs=study.epochs(row), seed=seed,
-                            name=f"{study.id} · {name}" + (f" ({label})" if label else ""))
-    side = study.settings.evaluate_on
-    frame = study.part(side, protocol, unit)
-    # the evaluation runs the whole model on images: the prediction time is end to end
-    probs, seconds = training.predict(classifier, frame, use_cache=False)
-    check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}{', ' + label if label else ''}, seed {seed}")
+    with compute.current().scope():  # compiled, fitted and run on every replica of the strategy
+        train_frame, val_frame = study.part("train", protocol, unit), study.part("val", protocol, unit)
+        label = ", ".join(x for x in (protocol if len(study.protocols) > 1 else "", unit.describe(study.units(protocol)))
+                          if x)
+        result = training.train(classifier, train_frame, val_frame, train_labels=study.labels(train_frame),
+                                val_labels=study.labels(val_frame), epochs=study.epochs(row), seed=seed,
+                                name=f"{study.id} · {name}" + (f" ({label})" if label else ""))
+        side = study.settings.evaluate_on
+        frame = study.part(side, protocol, unit)
+        # the evaluation runs the whole model on images: the prediction time is end to end
+        probs, seconds = training.predict(classifier, frame, use_cache=False)
+        check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}{', ' + label if label else ''}, seed {seed}")
     out = RowResult(row, protocol, seed, classifier, result, side, frame, probs, predict_seconds=seconds, unit=unit)
     if evaluate:
         train_probs, _ = training.predict(classifier, train_frame)

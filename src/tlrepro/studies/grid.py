@@ -30,8 +30,8 @@ import tensorflow as tf
 from tlrepro.core.config import EarlyStopping, HeadLayer, Row
 from tlrepro.core.errors import UserError
 from tlrepro.data.labels import predicted_positive
+from tlrepro.modeling import compute, models
 from tlrepro.modeling import frozen_cache as fc
-from tlrepro.modeling import models
 from tlrepro.results import metrics
 from tlrepro.studies.base import Study, card_for
 
@@ -260,7 +260,8 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
     row = study.row(name)
     grid = study.settings.grid
     seeds = [study.seed + r for r in range(study.settings.repeats)]
-    classifier = models.build_classifier(row, classes=study.classes, seed=study.seed)
+    with compute.current().scope():  # the features are sharded over the strategy's replicas
+        classifier = models.build_classifier(row, classes=study.classes, seed=study.seed)
     models.set_trainable(classifier, 0)
     frozen = fc.split_frozen(classifier)
     if frozen is None or len(frozen.crossing_shapes) != 1 or len(frozen.crossing_shapes[0]) != 1:

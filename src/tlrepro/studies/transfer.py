@@ -18,7 +18,7 @@ from tlrepro.data import derive
 from tlrepro.data import labels as lab
 from tlrepro.data.index import read_index
 from tlrepro.data.splits import cap_per_class, split_protocol
-from tlrepro.modeling import backbones, cards, models, training
+from tlrepro.modeling import backbones, cards, compute, models, training
 from tlrepro.results import metrics
 from tlrepro.studies.base import check_finite
 
@@ -44,14 +44,16 @@ def pretrain(key: str) -> Path:
     split = split_protocol(index, entry.split, seed=params.seed, group=None, where=f"{where}.split",
                            max_distance=params.leakage.phash_max_distance)
     train, val = split[split["side"] == "train"], split[split["side"] == "val"]
+    plan = compute.activate(params.compute)
     training.seed_everything(params.seed)
-    classifier = models.build_classifier(row, classes=classes, seed=params.seed)
-    models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
-    started = time.perf_counter()
-    result = training.train(classifier, train, val, train_labels=lab.encode(train["label"], classes),
-                            val_labels=lab.encode(val["label"], classes), epochs=params.epochs(row), seed=params.seed,
-                            name=key)
-    probs, _ = training.predict(classifier, val, use_cache=False)
+    with plan.scope():
+        classifier = models.build_classifier(row, classes=classes, seed=params.seed)
+        models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
+        started = time.perf_counter()
+        result = training.train(classifier, train, val, train_labels=lab.encode(train["label"], classes),
+                                val_labels=lab.encode(val["label"], classes), epochs=params.epochs(row),
+                                seed=params.seed, name=key)
+        probs, _ = training.predict(classifier, val, use_cache=False)
     check_finite(probs, f"pretraining.{key}.model", "validation")
     e = params.evaluation
     figures = (metrics.multiclass_accuracy(lab.encode(val["label"], classes), probs, seed=params.seed,
