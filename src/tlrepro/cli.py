@@ -66,9 +66,10 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from tlrepro.serve.api import serve
+    from tlrepro.serve.server import serve
 
-    serve(models_dir=args.models, host=args.host, port=args.port, default=args.default)
+    serve(models_dir=args.models, host=args.host, port=args.port, default=args.default,
+          allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin))
 
 
 def _offline_flags(args: argparse.Namespace) -> None:
@@ -106,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="folder of saved models with cards (default: models/)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--default", default=None, help="the model answering requests that name none")
+    p.add_argument("--default", default=None, help="the model answering requests that name none (default: "
+                                                   "serve.default_model, else the ImageNet-initialised model with "
+                                                   "the best validation accuracy)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer to this Host name (repeatable; loopback names always): needed when others "
+                        "reach the server under a name, e.g. with --host 0.0.0.0")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let the web page at ORIGIN (scheme://host[:port]) POST to the API, with CORS (repeatable)")
     command("offline-flags", _offline_flags, "print the -S flags that set random weights where no "
                                              "ImageNet weights are reachable offline")
     return parser
