@@ -72,6 +72,12 @@ def _serve(args: argparse.Namespace) -> None:
           allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from tlrepro.modeling.export import export_cli
+
+    export_cli(args.model, fmt=args.format, quantize=args.quantize, out=args.out)
+
+
 def _offline_flags(args: argparse.Namespace) -> None:
     from tlrepro.modeling.offline import offline_flags
 
@@ -115,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "reach the server under a name, e.g. with --host 0.0.0.0")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let the web page at ORIGIN (scheme://host[:port]) POST to the API, with CORS (repeatable)")
+    p = command("export", _export, "export a saved model for TensorFlow Serving (SavedModel) or phones (TFLite), "
+                                   "its card beside it")
+    p.add_argument("model", help="a saved .keras file with its card, or a name such as sarker2025/MobileNetV2")
+    p.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    p.add_argument("--quantize", choices=("dynamic", "float16"), default=None,
+                   help="TFLite only: dynamic-range (int8 weights) or float16 weights (default: none, float32)")
+    p.add_argument("--out", default=None, help="where to write (default: exports/<study>/<row> for a SavedModel "
+                                               "folder, exports/<study>/<row>[.<quantize>].tflite for TFLite)")
     command("offline-flags", _offline_flags, "print the -S flags that set random weights where no "
                                              "ImageNet weights are reachable offline")
     return parser
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from tlrepro.core.errors import UserError
 
     try:
-        if args.command not in ("predict", "serve"):
+        if args.command not in ("predict", "serve", "export"):
             load_params()  # every setting checked before any work starts
         args.func(args)
     except UserError as exc:
