@@ -9,8 +9,9 @@ requests or seconds. Phases (each can be skipped with its count or seconds set t
 1. steady: `--clients` (16) clients send `--requests` (400) requests: requests/s, p50/p95/p99 latency,
    errors; and the server's CPU seconds per answered request from its process CPU counters
    (/proc/<pid>/stat), next to the model's own CPU per image: after the server stops, the same model is run
-   here on the same images, decoded in memory, in batches of the mean batch size the server formed, timed
-   with this process's CPU counters. The overhead ratio is (server CPU per request - model CPU per image) /
+   here on the same images, decoded in memory, replaying the batch sizes the server formed (its /health
+   counts model calls by batch size), timed with this process's CPU counters. The event-loop thread's own
+   CPU (/proc/<pid>/task/<pid>/stat) is printed beside. The overhead ratio is (server CPU per request - model CPU per image) /
    model CPU per image (target: at most 0.30).
 2. overload: `--overload-clients` (64) clients for `--overload-seconds` (60) s, each sending its next request
    as soon as it has an answer (no back-off): answers by status (every one should be a 200 or a 503),
@@ -222,9 +223,10 @@ def wait_until_up(server: Server, timeout: float) -> dict:
     raise UserError(f"the server did not answer /health within {timeout:g} s (pass --startup-timeout).")
 
 
-def model_cpu_per_image(models: Path | None, model: str, files: list[Path], batch: int, images: int) -> float:
-    """CPU seconds (this process's counters) per image of the model's batched forward pass, on images already
-    decoded and resized in memory, in batches of `batch`."""
+def model_cpu_per_image(models: Path | None, model: str, files: list[Path], sizes: dict[int, int],
+                        rounds: int = 2) -> float:
+    """CPU seconds (this process's counters) per image of the model's forward pass on images already decoded
+    and resized in memory, replaying the batch sizes the server formed (`sizes`: size -> model calls)."""
     import numpy as np
     import tensorflow as tf
 
@@ -233,13 +235,21 @@ def model_cpu_per_image(models: Path | None, model: str, files: list[Path], batc
 
     predictor = Predictor.load(model, models)
     arrays = np.stack([decode_image(p.read_bytes(), predictor.size)[0] for p in files]).astype("float32")
-    chunk = tf.constant(np.resize(arrays, (batch, *arrays.shape[1:])))  # the images, repeated to fill a batch
-    predictor.forward(chunk)  # traced once, outside the count
+    batches = {size: tf.constant(np.resize(arrays, (size, *arrays.shape[1:]))) for size in sizes}
+    for batch in batches.values():  # traced outside the count
+        predictor.forward(batch)
     done, cpu = 0, time.process_time()
-    while done < images:
-        predictor.forward(chunk)
-        done += batch
+    for _ in range(rounds):
+        for size, calls in sizes.items():
+            for _ in range(calls):
+                predictor.forward(batches[size])
+                done += size
     return (time.process_time() - cpu) / done
+
+
+def thread_cpu(pid: int, tid: int) -> float:
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report_latencies(title: str, values: list[float]) -> str:
@@ -282,16 +292,20 @@ def main() -> int:
         idle = server.rss_mib()
         print(f"idle RSS after warm-up: {idle:.0f} MiB", flush=True)
 
-        before, cpu = health_of(server.port)["batching"][model], server.cpu_seconds()
+        pid = server.process.pid
+        before, cpu, loop_cpu = health_of(server.port)["batching"][model], server.cpu_seconds(), thread_cpu(pid, pid)
         steady = asyncio.run(drive(server.port, payloads, args.clients, requests=args.requests))
-        cpu, after = server.cpu_seconds() - cpu, health_of(server.port)["batching"][model]
+        cpu, loop_cpu = server.cpu_seconds() - cpu, thread_cpu(pid, pid) - loop_cpu
+        after = health_of(server.port)["batching"][model]
+        sizes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+        sizes = {k: v for k, v in sizes.items() if v > 0}
         ok = steady.latencies(200)
-        mean_batch = (after["requests"] - before["requests"]) / max(after["batches"] - before["batches"], 1)
         errors = len(steady.answers) - len(ok) + sum(steady.failures.values())
         print(f"\n[steady] {args.clients} clients, {args.requests} requests: {len(ok) / steady.seconds:.1f} req/s, "
               f"errors {errors}; " + report_latencies("latency", ok))
         print(f"[steady] server CPU {cpu:.1f} s for {len(ok)} answers = {1000 * cpu / max(len(ok), 1):.1f} ms per "
-              f"request; mean batch {mean_batch:.1f}", flush=True)
+              f"request (its event-loop thread {1000 * loop_cpu / max(len(ok), 1):.2f} ms); model calls by batch "
+              f"size {dict(sorted(sizes.items()))}", flush=True)
 
         if args.overload_seconds:
             outcome, health_times, rss = asyncio.run(watched(server.port, server, payloads, args.overload_clients,
@@ -317,12 +331,11 @@ def main() -> int:
                   f"(max/first); /health slowest {1000 * max(health_times):.0f} ms", flush=True)
 
         server.stop()
-        batch = max(1, round(mean_batch))
-        model_cpu = model_cpu_per_image(args.models, model, files, batch, max(args.requests, 8 * batch))
+        model_cpu = model_cpu_per_image(args.models, model, files, sizes)
         server_cpu = cpu / max(len(ok), 1)
-        print(f"\n[overhead] model CPU {1000 * model_cpu:.1f} ms per image (batches of {batch}, in memory); server "
-              f"CPU {1000 * server_cpu:.1f} ms per request (steady run); overhead (server - model) / model = "
-              f"{(server_cpu - model_cpu) / model_cpu:.2f} (target <= 0.30)")
+        print(f"\n[overhead] model CPU {1000 * model_cpu:.1f} ms per image (in memory, replaying the steady run's "
+              f"batch sizes twice); server CPU {1000 * server_cpu:.1f} ms per request (steady run); overhead "
+              f"(server - model) / model = {(server_cpu - model_cpu) / model_cpu:.2f} (target <= 0.30)")
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     try:

@@ -298,7 +298,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(project, b
             answers = list(pool.map(ask, range(len(blobs))))
         stats = client.get("/health").json()["batching"]["demo/red"]
     assert sum(calls) == len(blobs) and len(calls) < len(blobs), calls
-    assert stats["largest_batch"] >= 2
+    assert stats["largest_batch"] >= 2 and sum(stats["batch_sizes"].values()) == stats["batches"]
+    assert sum(int(size) * calls for size, calls in stats["batch_sizes"].items()) == stats["requests"]
     for i, response in enumerate(answers):
         assert response.status_code == 200, response.text
         assert response.json()["probabilities"]["malignant"] == pytest.approx(expected["p_malignant"][i], abs=1e-6)

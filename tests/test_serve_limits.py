@@ -84,7 +84,7 @@ def a_503_at_once(client, path: str, body: dict, *fragments: str, within: float 
 
 
 def test_a_full_model_queue_is_a_503_at_once(project, blobs, monkeypatch):
-    held = Held(batching.predict_batch)
+    held, real_decode = Held(batching.predict_batch), inputs.decode_upload
     with TestClient(make_app(project, max_batch=1, max_queue=1, max_wait_ms=0), base_url=URL) as client, \
             ThreadPoolExecutor(2) as pool:
         good_request_still_succeeds(client, blobs)  # loads the model, measures its speed
@@ -94,8 +94,11 @@ def test_a_full_model_queue_is_a_503_at_once(project, blobs, monkeypatch):
             held.wait_entered("the first model call")
             waiting = pool.submit(client.post, "/v1/predict", json=as_json(blobs[1]))
             wait_for(lambda: client.get("/health").json()["batching"]["demo/tiny"]["queued"] == 1, "a queued request")
+            decoded = []
+            monkeypatch.setattr(inputs, "decode_upload", lambda *a: decoded.append(1) or real_decode(*a))
             a_503_at_once(client, "/v1/predict", as_json(blobs[2]), "1 requests are waiting for model `demo/tiny`",
                           "serve.max_queue", "Retry-After")
+            assert not decoded  # refused before its image was decoded: under overload that work would be wasted
         finally:
             held.release.set()
         assert running.result(timeout=30).status_code == 200 and waiting.result(timeout=30).status_code == 200

@@ -18,7 +18,8 @@ How a request flows, and where it can be refused (every refusal is `{"error": ".
   are already in hand there), the image decoded once, as `tlrepro predict` decodes it, so a probability here
   equals the one `predict` writes;
 - the model call is batched with its neighbours in the model's own thread (tlrepro.serve.batching; a 503 at
-  once when serve.max_queue requests wait, or when the queue would keep this one past its deadline);
+  once when serve.max_queue requests wait, checked before the image is decoded and again on arrival, or
+  when the queue would keep this one past its deadline);
 - /v1/explain then computes Grad-CAM in the explain threads (serve.explain_workers; a 503 past
   serve.max_explain_queue), which predictions never wait for;
 - a request not answered within serve.deadline_s is a 503. Every 503 for load carries Retry-After.
@@ -138,15 +139,20 @@ def create_app(models_dir: Path | str | None = None, default: str | None = None,
     app.state.lanes = {"decoding": decoding, "explaining": explaining}
     _install_error_handlers(app)
 
-    def size_of(name: str | None) -> int:
-        return registry.entry(name).size
+    def admit(name: str | None) -> int:
+        """The model's input size; refused (from a decoding thread) before the image is decoded when its queue
+        is already full: under overload the decoding would be wasted."""
+        entry = registry.entry(name)
+        if entry.batcher is not None:
+            entry.batcher.check_room()
+        return entry.size
 
     async def prediction(request: Request, deadline: float) -> tuple[dict[str, Any], ModelEntry, np.ndarray]:
         query = inputs.check_query(request, ("model",))
         kind = inputs.media_kind(request)
         body = await inputs.read_body(request, inputs.body_cap(kind, limit), limit)
         upload = await decoding.run(inputs.read_image, kind, request.headers.get("content-type", ""), body,
-                                    query.get("model") or None, size_of, limit, settings.max_pixels)
+                                    query.get("model") or None, admit, limit, settings.max_pixels)
         entry = registry.entry(upload.model)
         predictor = await registry.predictor(entry)
         row = await entry.batcher.submit(upload.array, deadline)

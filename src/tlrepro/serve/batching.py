@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tlrepro.serve.schemas import busy
+from tlrepro.serve.schemas import ApiError, busy
 
 log = logging.getLogger("tlrepro.serve")
 SMOOTHING = 0.3  # weight of the newest measurement in the running estimate of seconds per job
@@ -108,10 +108,18 @@ class BatchStats:
     largest: int = 0
     refused: int = 0  # 503 at once: the queue was full, or would have passed the request's deadline
     dropped: int = 0  # requests that gave up (deadline) before their batch ran
+    sizes: collections.Counter = field(default_factory=collections.Counter)  # model calls by batch size
 
-    def as_dict(self) -> dict[str, int]:
+    def record(self, size: int) -> None:
+        self.requests += size
+        self.batches += 1
+        self.largest = max(self.largest, size)
+        self.sizes[size] += 1
+
+    def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "batches": self.batches, "largest_batch": self.largest,
-                "refused": self.refused, "dropped": self.dropped}
+                "refused": self.refused, "dropped": self.dropped,
+                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
 
 
 @dataclass
@@ -156,6 +164,17 @@ class Batcher:
         (none when nothing is ahead: a request is never refused for the model's own time)."""
         return (self.queued() + self.running) * (self.seconds_per_image or 0.0)
 
+    def _full(self, waiting: int) -> ApiError:
+        self.stats.refused += 1
+        return busy(f"{waiting} requests are waiting for model `{self.predictor.name}`, the limit of "
+                    f"serve.max_queue", waiting * (self.seconds_per_image or 0.0))
+
+    def check_room(self) -> None:
+        """A 503 when the queue is full; callable from any thread (a decoding thread asks before decoding an
+        image the queue has no room for). The count may still include requests that have just given up."""
+        if (waiting := len(self._queue)) >= self.max_queue:
+            raise self._full(waiting)
+
     async def submit(self, image: np.ndarray, deadline: float) -> np.ndarray:
         """This image's row of the model output (shape (units,)), computed in a batch with its neighbours;
         a 503 at once when the queue is full or would keep the request past `deadline` (loop time)."""
@@ -163,9 +182,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         waiting, wait = self.queued(), self.expected_wait()
         if waiting >= self.max_queue:
-            self.stats.refused += 1
-            raise busy(f"{waiting} requests are waiting for model `{self.predictor.name}`, the limit of "
-                       f"serve.max_queue", wait)
+            raise self._full(waiting)
         if self.seconds_per_image is not None and loop.time() + wait > deadline:
             self.stats.refused += 1
             raise busy(f"model `{self.predictor.name}` would answer in about {wait:.1f} s, after this request's "
@@ -228,9 +245,7 @@ class Batcher:
             finally:
                 self.running = 0
             self.seconds_per_image = _smoothed(self.seconds_per_image, (time.perf_counter() - start) / len(live))
-            self.stats.requests += len(live)
-            self.stats.batches += 1
-            self.stats.largest = max(self.stats.largest, len(live))
+            self.stats.record(len(live))
             for w, row in zip(live, outputs, strict=True):
                 if not w.future.done():
                     w.future.set_result(row)

@@ -203,16 +203,17 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, 
     raise ApiError(400, f"the image cannot be used: {text}; send a valid PNG or JPEG file.")
 
 
-def read_image(kind: str, content_type: str, body: bytes, query_model: str | None, size_of: Any, limit: int,
+def read_image(kind: str, content_type: str, body: bytes, query_model: str | None, admit: Any, limit: int,
                max_pixels: int) -> Upload:
     """The whole CPU-bound part of reading a request (run off the event loop): parse the body, check its
-    fields, look the model up (`size_of(name)`: its input size; a 404 before any decoding), decode the image."""
+    fields, look the model up (`admit(name)`: its input size, or a 404 for an unknown model and a 503 for a
+    full queue, before the image is decoded), decode the image."""
     data, body_model = parse_json(body, limit) if kind == "json" else parse_multipart(content_type, body, limit)
     if query_model is not None and body_model is not None and query_model != body_model:
         raise ApiError(400, f"`model` is given twice, differently (`{query_model[:100]}` in the query, "
                             f"`{body_model[:100]}` in the body): give it once.")
     model = body_model or query_model or None
-    size = size_of(model)
+    size = admit(model)
     if not data:
         raise ApiError(400, "the image is empty (0 bytes): send the image file's bytes.")
     if len(data) > limit:
