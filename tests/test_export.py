@@ -64,6 +64,10 @@ def test_the_saved_model_gives_the_keras_probabilities(model_path, blobs, tmp_pa
         inside = decode_for_model(tf.constant(blob), predictor.size).numpy()
         assert np.abs(inside - array).max() <= 1.0  # within 1 grey level of our decode path
 
+    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(str(version / "variables" / "variables"))
+                 if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert stored == sum(int(np.prod(v.shape)) for v in predictor.model.variables)  # each variable stored once
+
     card = json.loads((version / "card.json").read_text())
     original = json.loads(paths.card_of(model_path).read_text())
     assert card["name"] == original["name"] and card["classes"] == original["classes"]
