@@ -338,6 +338,20 @@ def test_the_default_is_the_best_imagenet_model_by_validation_never_a_random_one
         choose_default(found, "x/y", None)
 
 
+def test_study_cards_carry_the_validation_accuracy_of_the_weights_they_hold():
+    import pandas as pd
+
+    from tlrepro.modeling.training import TrainResult
+    from tlrepro.studies.base import validation_figure
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.6, 0.8, 0.7]})
+    assert validation_figure(TrainResult(history, 1.0, "images", best_epoch=2)) == {"accuracy": 0.8, "epoch": 2}
+    assert validation_figure(TrainResult(history, 1.0, "images")) == {"accuracy": 0.7, "epoch": 3}  # the last
+    assert validation_figure(TrainResult(history.drop(columns="val_accuracy"), 1.0, "images")) is None
+    assert validation_figure(TrainResult(history.assign(val_accuracy=float("nan")), 1.0, "images")) is None
+    assert validation_figure(None) is None
+
+
 def test_a_server_without_a_default_asks_for_a_model(project, blobs):
     app = make_app(project, default_model=None)  # every model there is randomly initialised
     assert app.state.registry.default is None
