@@ -82,8 +82,8 @@ def choose_default(cards_by_name: dict[str, dict[str, Any]], explicit: str | Non
         log.warning("serve.default_model `%s` not found; choosing the default by validation accuracy", name)
     pretrained = [n for n, card in cards_by_name.items() if weights_source(card) == "imagenet"]
     if not pretrained:
-        return None, ("no default: every model found is randomly initialised (never a default by itself); "
-                      "name one with `model`, or start the server with --default")
+        return None, ("every model found is randomly initialised, and none becomes the default by itself "
+                      "(start the server with --default to choose one)")
     scored = {n: v for n in pretrained if (v := validation_accuracy(cards_by_name[n])) is not None}
     if not scored:
         return pretrained[0], (f"the first by name of the {len(pretrained)} ImageNet-initialised model(s): no card "
@@ -168,7 +168,7 @@ class Registry:
     def entry(self, name: str | None) -> ModelEntry:
         if name is None and self.default is None:
             raise ApiError(400, f"this server has no default model ({self.default_reason}): name one with `model` "
-                                f"(in the body or as ?model=), one of {', '.join(self.entries)}.")
+                                f"(in the body or as ?model=): {', '.join(self.entries)}.")
         name = name or self.default
         if name not in self.entries:
             raise ApiError(404, f"unknown model `{name[:200]}`: use one of {', '.join(self.entries)} (GET /v1/models "
