@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway project folder and generated image trees shaped like the real archives.
+"""Shared fixtures: a throwaway project folder, generated image trees shaped like the real archives, and a
+folder of small saved models (with cards) for the predict, explain, serve and export tests.
 
 Images are small smooth random pictures, so each one has a distinct perceptual hash; nothing is downloaded.
 """
@@ -75,6 +76,68 @@ def he_image(seed: int, hematoxylin: np.ndarray = HEMATOXYLIN, eosin: np.ndarray
 @pytest.fixture
 def make_image() -> Callable[..., Path]:
     return write_image
+
+
+# ---------------------------------------------------------------- saved models
+
+TINY_SIZE = 32  # input size of the shared saved models
+SEEN_SEED = 1  # picture(SEEN_SEED) (64x64) is listed as a training image in demo/tiny's card
+TINY_METRICS = {"side": "test", "accuracy": 0.84, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.88, "f1": 0.83,
+                "roc_auc": 0.9, "n": 660}
+
+
+def red_detector():
+    """image -> preprocessing -> backbone (8x8 maps of red and of green) -> head (P(malignant) from red only).
+
+    Shaped like build_classifier's models (parts_of finds its parts), with hand-set weights, so its decision
+    depends on where the image is red and nowhere else: Grad-CAM must light up a red patch, not a green one,
+    and distinct pictures get distinct probabilities. It says malignant for every image (P >= 0.5)."""
+    import keras
+    from keras import layers
+
+    from tlrepro.modeling import models
+
+    image = keras.Input((TINY_SIZE, TINY_SIZE, 3), name="image")
+    inner = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    channels = layers.Conv2D(2, 1, activation="relu", name="colours")
+    pooled = layers.AveragePooling2D(4, name="pool")(channels(inner))
+    backbone = keras.Model(inner, pooled, name="colournet")
+    head = keras.Sequential([layers.GlobalAveragePooling2D(), layers.Dense(1, activation="sigmoid")], name="head")
+    out = head(backbone(models.ImageNetPreprocessing("unit", name="preprocessing")(image)))
+    model = keras.Model(image, out, name="red_detector")
+    channels.set_weights([np.array([[[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]], dtype="float32"), np.zeros(2, "float32")])
+    head.layers[-1].set_weights([np.array([[8.0], [0.0]], dtype="float32"), np.zeros(1, "float32")])
+    return model
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory) -> Path:
+    """A models folder saved once per session with `tlrepro.modeling.cards.save`:
+
+    - demo/tiny: the smoke-test TinyCNN backbone at 32 px (random weights, seed 0), a sigmoid head; its card
+      lists picture(SEEN_SEED) as a training image, says `weights.source: random` and has test metrics;
+    - demo/red: red_detector(), whose card says it was trained on nothing.
+
+    Tests that add files copy what they need into a folder of their own: this one is shared."""
+    from tlrepro.core.config import RowSettings, resolve_row
+    from tlrepro.data.images import phash_of
+    from tlrepro.data.labels import BINARY_CLASSES
+    from tlrepro.modeling import cards, models
+
+    base = tmp_path_factory.mktemp("saved-models")
+    row = resolve_row("tiny", RowSettings(), RowSettings(
+        backbone="TinyCNN", weights="random", image_size=TINY_SIZE, batch_size=4, learning_rate=1e-3, epochs=1,
+        head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
+    common = {"study": "demo", "image_size": TINY_SIZE, "classes": list(BINARY_CLASSES), "threshold": 0.5,
+              "phash_max_distance": 4, "input": {"color": "RGB", "range": [0, 255], "resize": "bilinear"},
+              "weights": {"source": "random", "note": "random initialisation (Keras defaults, seeded)"}}
+    cards.save(models.build_classifier(row, classes=BINARY_CLASSES, seed=0).model, base / "demo" / "tiny.keras", {
+        **common, "name": "demo/tiny", "row": "tiny", "backbone": "TinyCNN", "preprocessing": "unit",
+        "metrics": TINY_METRICS, "report": "reports/demo.html", "training_phashes": [phash_of(picture(SEEN_SEED))]})
+    cards.save(red_detector(), base / "demo" / "red.keras", {
+        **common, "name": "demo/red", "row": "red", "backbone": "colournet", "preprocessing": "unit",
+        "report": "reports/red.html", "training_phashes": []})
+    return base
 
 
 @pytest.fixture

@@ -7,15 +7,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-from keras import layers
+from conftest import red_detector
 from PIL import Image
 
 from tlrepro.core.config import RowSettings, resolve_row
 from tlrepro.data.labels import BINARY_CLASSES
-from tlrepro.modeling import cards, models
+from tlrepro.modeling import models
 from tlrepro.modeling.explain import gradcam, last_conv_layer, overlay, overlay_png, write_overlays
 from tlrepro.modeling.predict import Predictor, predict_folder
 
@@ -28,24 +27,6 @@ def tiny_classifier(backbone: str, se: dict | None = None) -> models.Classifier:
                 "learning_rate": 1e-3, "epochs": 1, "head": [{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]}
     row = resolve_row("tiny", RowSettings(), RowSettings(**settings, **({"se": se} if se else {})))
     return models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
-
-
-def red_detector() -> keras.Model:
-    """image -> preprocessing -> backbone (8x8 maps of red and of green) -> head (P(malignant) from red only).
-
-    Shaped like build_classifier's models (parts_of finds its parts), so its decision depends on where the
-    image is red and nowhere else: Grad-CAM must light up the red patch, not the green one."""
-    image = keras.Input((SIZE, SIZE, 3), name="image")
-    inner = keras.Input((SIZE, SIZE, 3))
-    channels = layers.Conv2D(2, 1, activation="relu", name="colours")
-    pooled = layers.AveragePooling2D(4, name="pool")(channels(inner))
-    backbone = keras.Model(inner, pooled, name="colournet")
-    head = keras.Sequential([layers.GlobalAveragePooling2D(), layers.Dense(1, activation="sigmoid")], name="head")
-    out = head(backbone(models.ImageNetPreprocessing("unit", name="preprocessing")(image)))
-    model = keras.Model(image, out, name="red_detector")
-    channels.set_weights([np.array([[[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]], dtype="float32"), np.zeros(2, "float32")])
-    head.layers[-1].set_weights([np.array([[8.0], [0.0]], dtype="float32"), np.zeros(1, "float32")])
-    return model
 
 
 def patches(red_at: tuple[int, int], green_at: tuple[int, int]) -> np.ndarray:
@@ -109,12 +90,9 @@ def test_overlays_are_rgb_images_of_the_image_size():
 
 
 @pytest.fixture(scope="module")
-def saved_detector(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "demo" / "red.keras"
-    card = {"name": "demo/red", "study": "demo", "row": "red", "image_size": SIZE, "classes": list(BINARY_CLASSES),
-            "threshold": 0.5, "training_phashes": []}
-    cards.save(red_detector(), path, card)
-    return path
+def saved_detector(saved_models) -> Path:
+    """red_detector() saved with its card (the shared saved models of tests/conftest.py)."""
+    return saved_models / "demo" / "red.keras"
 
 
 def test_write_overlays_writes_one_png_per_image_and_no_temporary_files(saved_detector, tmp_path):

@@ -1,138 +1,59 @@
-"""The service (tlrepro.serve.api) through FastAPI's TestClient, on tiny saved models: JSON and multipart
-predictions equal Predictor.predict_bytes's, explain returns a PNG, the listing and docs endpoints answer,
-every kind of bad input gets its 4xx and a clear JSON error (and the next good request still succeeds), and
-requests arriving together are answered by fewer model calls than requests, each with its own answer."""
+"""The service (tlrepro.serve) through FastAPI's TestClient, on the shared tiny saved models: JSON and multipart
+predictions equal Predictor.predict_bytes's, explain returns a PNG from one decode of the image, the listing
+and docs endpoints answer, every kind of bad input (unknown fields included) gets its 4xx and a clear JSON
+error without a filesystem path (and the next good request still succeeds), requests arriving together are
+answered by fewer model calls than requests, and the default model is never a random one by itself.
+Overload, Host/Origin and raw-URL tests are in test_serve_limits.py."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
-import socket
-import struct
+import re
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import keras
-import numpy as np
 import pytest
+from conftest import TINY_METRICS, TINY_SIZE, picture
 from fastapi.testclient import TestClient
-from keras import layers
 from PIL import Image
+from servekit import (
+    LIMIT_MB,
+    as_json,
+    encoded,
+    good_request_still_succeeds,
+    make_app,
+    make_blobs,
+    make_project,
+    png_claiming,
+    refused,
+)
 
-from tlrepro.core.config import RowSettings, Serve, resolve_row
+from tlrepro.core import paths
 from tlrepro.core.errors import UserError
-from tlrepro.data.images import inspect_bytes
+from tlrepro.data import images
 from tlrepro.data.labels import BINARY_CLASSES
-from tlrepro.modeling import cards, models
 from tlrepro.modeling.predict import Predictor
-from tlrepro.serve import api, batching
-
-SIZE = 32
-LIMIT_MB = 0.2  # serve.max_upload_mb in these tests
-MAX_PIXELS = 1_000_000
-METRICS = {"side": "test", "accuracy": 0.84, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.88, "f1": 0.83,
-           "roc_auc": 0.9, "n": 660}
-
-
-def picture(seed: int, size: tuple[int, int]) -> Image.Image:
-    """A smooth random picture (an upscaled 6x6 noise grid): distinct seeds, distinct perceptual hashes."""
-    grid = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    return Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A few dozen bytes of PNG whose header claims width x height pixels (a decompression bomb's shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def colour_model() -> keras.Model:
-    """A tiny model shaped like build_classifier's (preprocessing -> backbone -> head) with a fast load."""
-    image = keras.Input((SIZE, SIZE, 3), name="image")
-    inner = keras.Input((SIZE, SIZE, 3))
-    backbone = keras.Model(inner, layers.AveragePooling2D(4)(layers.Conv2D(2, 1, activation="relu")(inner)),
-                           name="colournet")
-    head = keras.Sequential([layers.GlobalAveragePooling2D(), layers.Dense(1, activation="sigmoid")], name="head")
-    return keras.Model(image, head(backbone(models.ImageNetPreprocessing("unit", name="preprocessing")(image))))
+from tlrepro.serve import batching, inputs, server
+from tlrepro.serve.app import create_app
+from tlrepro.serve.registry import choose_default
 
 
 @pytest.fixture(scope="module")
 def blobs() -> list[bytes]:
-    """Eight distinct small images: PNGs and JPEGs of different sizes."""
-    return [encoded(picture(seed, (40 + 3 * seed, 36)), "PNG" if seed % 2 else "JPEG") for seed in range(8)]
+    return make_blobs()
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, blobs) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serve")
-    base, reports = root / "models", root / "reports"
-    row = resolve_row("tiny", RowSettings(), RowSettings(
-        backbone="MobileNetV2", weights="random", image_size=SIZE, batch_size=4, learning_rate=1e-3, epochs=1,
-        head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
-    clf = models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
-    seen = inspect_bytes(blobs[1]).phash  # blobs[1] plays a training image
-    common = {"classes": list(BINARY_CLASSES), "image_size": SIZE, "threshold": 0.5, "metrics": METRICS,
-              "weights": {"source": "random"}, "phash_max_distance": 4}
-    cards.save(clf.model, base / "demo" / "tiny.keras", {
-        **common, "name": "demo/tiny", "study": "demo", "row": "tiny", "backbone": "MobileNetV2",
-        "report": "reports/demo.html", "training_phashes": [seen]})
-    keras.utils.set_random_seed(1)
-    cards.save(colour_model(), base / "other" / "colour.keras", {
-        **common, "name": "other/colour", "study": "other", "row": "colour", "backbone": "colournet",
-        "report": "reports/other.html", "training_phashes": []})
-    broken = base / "demo" / "broken.keras"
-    broken.write_bytes((base / "demo" / "tiny.keras").read_bytes() + b"changed")
-    (base / "demo" / "broken.card.json").write_text((base / "demo" / "tiny.card.json").read_text())
-    (reports / "sub").mkdir(parents=True)
-    (reports / "demo.html").write_text("<html><body>demo report</body></html>")
-    (reports / "sub" / "x.txt").write_text("x")
-    (root / "secret.txt").write_text("TOP-SECRET-CONTENT")
-    return {"models": base, "reports": reports, "tiny": base / "demo" / "tiny.keras",
-            "colour": base / "other" / "colour.keras"}
-
-
-def make_app(project, **settings):
-    params = Serve(**{"default_model": "demo/tiny", "max_upload_mb": LIMIT_MB, "max_pixels": MAX_PIXELS,
-                      "max_batch": 8, "max_wait_ms": 2, **settings})
-    return api.create_app(project["models"], params=params, reports_dir=project["reports"])
+def project(tmp_path_factory, saved_models):
+    return make_project(tmp_path_factory.mktemp("serve"), saved_models)
 
 
 @pytest.fixture(scope="module")
 def client(project):
-    with TestClient(make_app(project), raise_server_exceptions=False) as test_client:
+    with TestClient(make_app(project), base_url="http://127.0.0.1", raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-def as_json(data: bytes, **extra) -> dict:
-    return {"image": base64.b64encode(data).decode(), **extra}
-
-
-def good_request_still_succeeds(client, blobs) -> None:
-    response = client.post("/v1/predict", json=as_json(blobs[0]))
-    assert response.status_code == 200, response.text
-    assert set(response.json()["probabilities"]) == set(BINARY_CLASSES)
-
-
-def refused(response, status: int, *fragments: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"} and "Traceback" not in body["error"], body
-    for fragment in fragments:
-        assert fragment in body["error"], (fragment, body["error"])
-    return body["error"]
 
 
 def test_json_and_multipart_predictions_equal_predict_bytes(client, project, blobs):
@@ -141,7 +62,8 @@ def test_json_and_multipart_predictions_equal_predict_bytes(client, project, blo
         by_json = client.post("/v1/predict", json=as_json(blob))
         by_upload = client.post("/v1/predict", files={"file": (f"img{i}.png", blob, "application/octet-stream")})
         named = client.post("/v1/predict", files={"file": ("x", blob)}, data={"model": "demo/tiny"})
-        for response in (by_json, by_upload, named):
+        in_query = client.post("/v1/predict?model=demo/tiny", files={"file": ("x", blob)})
+        for response in (by_json, by_upload, named, in_query):
             assert response.status_code == 200, response.text
             body = response.json()
             assert set(body) == {"predicted_label", "probabilities", "model", "threshold", "seen_in_training",
@@ -154,49 +76,64 @@ def test_json_and_multipart_predictions_equal_predict_bytes(client, project, blo
             assert body["nearest_training_distance"] == int(expected["nearest_training_distance"][i])
     assert client.post("/v1/predict", json=as_json(blobs[1])).json()["seen_in_training"] is True
     data_url = "data:image/png;base64," + base64.b64encode(blobs[3]).decode()
-    other = client.post("/v1/predict", json={"image": data_url, "model": "other/colour"})
-    assert other.status_code == 200 and other.json()["model"] == "other/colour"
-    want, _ = Predictor.load(project["colour"]).predict_bytes([blobs[3]])
-    assert other.json()["probabilities"]["malignant"] == pytest.approx(want["p_malignant"][0], abs=1e-6)
+    want, _ = Predictor.load(project["red"]).predict_bytes([blobs[3]])
+    for other in (client.post("/v1/predict", json={"image": data_url, "model": "demo/red"}),
+                  client.post("/v1/predict?model=demo/red", json={"image": data_url}),  # the query string counts
+                  client.post("/v1/predict?model=demo/red", files={"file": ("x", blobs[3])})):
+        assert other.status_code == 200 and other.json()["model"] == "demo/red", other.text
+        assert other.json()["probabilities"]["malignant"] == pytest.approx(want["p_malignant"][0], abs=1e-6)
 
 
-def test_explain_returns_the_prediction_and_a_png_overlay(client, blobs):
-    for model in ("demo/tiny", "other/colour"):
+def test_explain_returns_the_prediction_and_a_png_overlay_from_one_decode(client, blobs, monkeypatch):
+    decodes = []
+    real = images.to_rgb
+
+    def counting(image):
+        decodes.append(image.size)
+        return real(image)
+
+    monkeypatch.setattr(images, "to_rgb", counting)  # our own function: every decode of pixels goes through it
+    for model in ("demo/tiny", "demo/red"):
+        decodes.clear()
         response = client.post("/v1/explain", json=as_json(blobs[2], model=model))
         assert response.status_code == 200, response.text
+        assert len(decodes) == 1, decodes  # prediction and Grad-CAM share one decode of the image
         body = response.json()
         plain = client.post("/v1/predict", json=as_json(blobs[2], model=model)).json()
         assert {k: v for k, v in body.items() if k != "overlay_png"} == plain
         image = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
-        assert image.format == "PNG" and image.mode == "RGB" and image.size == (SIZE, SIZE)
+        assert image.format == "PNG" and image.mode == "RGB" and image.size == (TINY_SIZE, TINY_SIZE)
     upload = client.post("/v1/explain", files={"file": ("a.jpg", blobs[2])})
     assert upload.status_code == 200 and upload.json()["overlay_png"]
 
 
 def test_models_health_docs_page_and_reports(client):
     listing = client.get("/v1/models").json()
-    assert listing["default"] == "demo/tiny"
+    assert listing["default"] == "demo/tiny" and "serve.default_model" in listing["default_reason"]
+    assert "randomly initialised" in listing["default_reason"]
     by_name = {m["name"]: m for m in listing["models"]}
-    assert set(by_name) == {"demo/tiny", "other/colour"}  # the mismatched card is skipped
+    assert set(by_name) == {"demo/tiny", "demo/red", "demo/garbage"}  # the mismatched card is skipped
     tiny = by_name["demo/tiny"]
-    assert tiny["study"] == "demo" and tiny["row"] == "tiny" and tiny["backbone"] == "MobileNetV2"
-    assert tiny["weights"] == "random" and tiny["image_size"] == SIZE and tiny["classes"] == list(BINARY_CLASSES)
-    assert tiny["threshold"] == 0.5 and tiny["metrics"] == METRICS and tiny["report"] == "/reports/demo.html"
-    assert by_name["other/colour"]["report"] is None  # reports/other.html was never built
+    assert tiny["study"] == "demo" and tiny["row"] == "tiny" and tiny["backbone"] == "TinyCNN"
+    assert tiny["weights"] == "random" and tiny["image_size"] == TINY_SIZE and tiny["classes"] == list(BINARY_CLASSES)
+    assert tiny["threshold"] == 0.5 and tiny["metrics"] == TINY_METRICS and tiny["report"] == "/reports/demo.html"
+    assert tiny["validation_accuracy"] is None
+    assert by_name["demo/red"]["report"] is None  # reports/red.html was never built
     card = client.get("/v1/models/demo/tiny").json()
     assert card["card"]["name"] == "demo/tiny" and "training_phashes" not in card["card"]
     refused(client.get("/v1/models/demo/nothing"), 404, "unknown model", "demo/tiny")
 
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["default"] == "demo/tiny" and health["models"] == 2
+    assert health["status"] == "ok" and health["default"] == "demo/tiny" and health["models"] == 3
     assert "demo/broken" in health["skipped"] and "does not match" in health["skipped"]["demo/broken"]
-    assert health["batching"]["max_batch"] == 8
+    assert health["limits"]["max_batch"] == 8 and health["limits"]["deadline_s"] == 10
 
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
+    assert [p["name"] for p in spec["paths"]["/v1/predict"]["post"]["parameters"]] == ["model"]
     assert {"/v1/explain", "/v1/models", "/health"} <= set(spec["paths"])
 
     page = client.get("/")
@@ -210,8 +147,9 @@ def test_models_health_docs_page_and_reports(client):
     assert client.get("/reports/demo.html").text.startswith("<html>")
     refused(client.get("/reports/"), 404)  # no directory listing
     refused(client.get("/reports/sub"), 404)
-    for sneaky in ("/reports/../secret.txt", "/reports/%2e%2e/secret.txt", "/static/../api.py"):
-        assert "TOP-SECRET-CONTENT" not in client.get(sneaky).text
+    refused(client.get("/reports/sub/x.html"), 404)  # only the rendered reports at the top of reports/
+    refused(client.get("/reports/notebooks/demo.ipynb"), 404)  # executed notebooks hold absolute paths
+    refused(client.get("/reports/notebooks"), 404)
     refused(client.get("/nowhere"), 404, "no such page")
     refused(client.get("/v1/predict"), 405, "not allowed")
 
@@ -222,7 +160,9 @@ BAD_JSON = [
     ("empty body", b"", "application/json", 400, ["empty"]),
     ("not UTF-8", b"\xff\xfe\x00junk", "application/json", 400, ["not UTF-8"]),
     ("a JSON array", b"[1, 2]", "application/json", 422, ["must be an object"]),
-    ("no image field", b'{"picture": "abc"}', "application/json", 422, ["no `image` field"]),
+    ("no image field", b'{"model": "demo/tiny"}', "application/json", 422, ["no `image` field"]),
+    ("an unknown field", b'{"picture": "abc", "image": "aGk="}', "application/json", 400,
+     ["unknown JSON body field(s) `picture`", "`image` and `model`"]),
     ("image not a string", b'{"image": 12}', "application/json", 422, ["base64 string"]),
     ("model not a string", json.dumps({"image": "aGk=", "model": 3}).encode(), "application/json", 422,
      ["`model` must be a string"]),
@@ -243,15 +183,29 @@ def test_bad_requests_get_a_clear_4xx_and_the_service_keeps_serving(client, blob
     headers = {"content-type": ctype} if ctype else {}
     if body is None:
         body, headers["content-length"] = b'{"image": "aGk="}', "many"
-    response = client.post("/v1/predict", content=body, headers=headers)
-    refused(response, status, *fragments)
+    refused(client.post("/v1/predict", content=body, headers=headers), status, *fragments)
     good_request_still_succeeds(client, blobs)
 
 
-def test_bad_images_are_refused_by_their_header_before_any_decoding(client, blobs, monkeypatch):
+def test_unknown_query_and_form_fields_are_refused_by_name(client, blobs):
+    refused(client.post("/v1/predict?modle=demo/red", json=as_json(blobs[0])), 400,
+            "unknown query field(s) `modle`", "takes only `model`")
+    refused(client.post("/v1/explain?model=demo/red&model=demo/tiny", json=as_json(blobs[0])), 400, "more than once")
+    refused(client.post("/v1/predict?model=demo/red", json=as_json(blobs[0], model="demo/tiny")), 400,
+            "given twice, differently")
+    refused(client.post("/v1/predict", files={"file": ("a.png", blobs[0])}, data={"model": "demo/tiny", "size": "9"}),
+            400, "unknown form field(s) `size`", "`file` and `model`")
+    for path in ("/health?verbose=1", "/v1/models?all=1", "/v1/models/demo/tiny?x=1"):
+        refused(client.get(path), 400, "unknown query field(s)", "takes none")
+    good_request_still_succeeds(client, blobs)
+
+
+def test_bad_images_are_refused_by_their_header_before_any_decoding(client, blobs):
     webp = encoded(Image.new("RGB", (8, 8)), "WEBP")
     whole = encoded(picture(9, (256, 256)), "JPEG", quality=95)
     truncated = whole[: len(whole) * 2 // 3]  # the header is intact, the pixels are not
+    # Decoding either bomb would not give a 413: the first has no pixels to decode (a 400 "cannot decode"),
+    # the second decodes fine (a 200). A 413 naming the pixels shows the header alone refused them.
     bomb, big = png_claiming(100_000, 100_000), encoded(Image.new("1", (2000, 2000)), "PNG")
     assert len(bomb) < 200 and len(big) < 20_000
     for endpoint in ("/v1/predict", "/v1/explain"):
@@ -259,35 +213,30 @@ def test_bad_images_are_refused_by_their_header_before_any_decoding(client, blob
         refused(client.post(endpoint, files={"file": ("t.jpg", truncated)}), 400, "cannot be used")
         refused(client.post(endpoint, files={"file": ("x.png", b"")}), 400, "empty")
         refused(client.post(endpoint, json=as_json(blobs[0], model="nostudy/norow")), 404, "unknown model",
-                "demo/tiny", "other/colour")
-        with monkeypatch.context() as patched:  # the pixel limit is checked on the header alone
-            patched.setattr(api, "decode_for", lambda *a: pytest.fail("decoded a bomb"))
-            refused(client.post(endpoint, json=as_json(bomb)), 413, "too large", "pixels")
-            refused(client.post(endpoint, files={"file": ("big.png", big)}), 413, "2000x2000", "serve.max_pixels")
+                "demo/tiny", "demo/red")
+        refused(client.post(endpoint, json=as_json(bomb)), 413, "too large", "pixels")
+        refused(client.post(endpoint, files={"file": ("big.png", big)}), 413, "2000x2000", "serve.max_pixels")
         good_request_still_succeeds(client, blobs)
 
 
-def test_uploads_over_the_size_limit_are_refused_before_decoding(client, blobs, monkeypatch):
+def test_uploads_over_the_size_limit_are_refused_before_decoding(client, blobs):
     limit = int(LIMIT_MB * 1e6)
-    large = np.random.default_rng(0).bytes(limit + 50_000)
-    just_over = np.random.default_rng(1).bytes(limit + 3)  # its JSON fits the body cap; its base64 does not
-    with monkeypatch.context() as patched:
-        patched.setattr(api.base64, "b64decode", lambda *a, **k: pytest.fail("decoded base64 of a large upload"))
-        patched.setattr(api, "check_header", lambda *a: pytest.fail("read the header of a large upload"))
-        for response in (client.post("/v1/predict", json=as_json(large)),
-                         client.post("/v1/predict", json=as_json(just_over)),
-                         client.post("/v1/explain", files={"file": ("big.jpg", large)}),
-                         client.post("/v1/predict", files={"file": ("big.jpg", just_over)}),
-                         # no Content-Length (chunked): the body is counted as it streams in
-                         client.post("/v1/predict", content=iter([large, large]),
-                                     headers={"content-type": "multipart/form-data; boundary=x"})):
-            refused(response, 413, "too large", "serve.max_upload_mb")
+    # Not base64 (`@`), not an image: decoding base64 first would be a 400 "not valid base64", reading the
+    # image first a 400 "not an image". A 413 shows the size was checked before either.
+    not_base64 = {"image": "@" * (limit * 4 // 3 + 8)}
+    garbage = b"\x00not an image" * (limit // 13 + 1000)
+    for response in (client.post("/v1/predict", json=not_base64),
+                     client.post("/v1/explain", files={"file": ("big.jpg", garbage)}),
+                     client.post("/v1/predict", files={"file": ("big.jpg", garbage[: limit + 3])}),
+                     # no Content-Length (chunked): the body is counted as it streams in
+                     client.post("/v1/predict", content=iter([garbage, garbage]),
+                                 headers={"content-type": "multipart/form-data; boundary=x"})):
+        refused(response, 413, "too large", "serve.max_upload_mb")
     good_request_still_succeeds(client, blobs)
 
 
 def test_malformed_multipart_uploads_are_refused(client, blobs):
-    refused(client.post("/v1/predict", data={"model": "demo/tiny"}, files={"other": ("a.png", blobs[0])}), 422,
-            "no field `file`")
+    refused(client.post("/v1/predict", files={"model": (None, "demo/tiny")}), 422, "no field `file`")
     refused(client.post("/v1/predict", data={"file": "not a file"},
                         headers={"content-type": "application/x-www-form-urlencoded"}), 415)
     boundary = "----b"
@@ -302,15 +251,26 @@ def test_malformed_multipart_uploads_are_refused(client, blobs):
     good_request_still_succeeds(client, blobs)
 
 
-def test_an_unexpected_error_is_a_json_500_without_traceback(client, blobs, monkeypatch):
-    def explode(*_):
-        raise RuntimeError("internal detail /secret/path")
+ABSOLUTE = re.compile(r"(?<![\w.])/(?:[\w.-]+/){2,}")  # /an/absolute/folder/ (not a URL such as /reports/x.html)
 
-    with monkeypatch.context() as patched:
-        patched.setattr(api, "decode_for", explode)
-        response = client.post("/v1/predict", json=as_json(blobs[0]))
-    message = refused(response, 500, "unexpected server error (RuntimeError)", "keeps running")
-    assert "/secret/path" not in message
+
+def test_errors_and_health_carry_no_filesystem_paths(client, project, blobs, monkeypatch):
+    root = str(project["root"])
+    texts = [refused(client.post("/v1/predict", json=as_json(blobs[0], model="demo/garbage")), 503,
+                     "`demo/garbage` cannot be loaded", "not a loadable Keras model"),
+             client.get("/health").text, client.get("/v1/models").text,
+             refused(client.get("/reports/nothing.html"), 404, "no report")]
+
+    def explode(*_):
+        raise RuntimeError(f"internal detail {root}/secret/path")
+
+    monkeypatch.setattr(inputs, "read_image", explode)
+    texts.append(refused(client.post("/v1/predict", json=as_json(blobs[0])), 500,
+                         "unexpected server error (RuntimeError)", "keeps running"))
+    monkeypatch.undo()
+    for text in texts:
+        assert root not in text and str(paths.PROJECT_ROOT) not in text and not ABSOLUTE.search(text), text
+    assert "does not match" in client.get("/health").json()["skipped"]["demo/broken"]  # the reason, told without paths
     good_request_still_succeeds(client, blobs)
 
 
@@ -323,21 +283,23 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(project, b
         return real(predictor, images)
 
     monkeypatch.setattr(batching, "predict_batch", counting)
-    expected, _ = Predictor.load(project["colour"]).predict_bytes(blobs)
+    expected, _ = Predictor.load(project["red"]).predict_bytes(blobs)
     start = threading.Barrier(len(blobs))
-    with TestClient(make_app(project, max_wait_ms=400, max_batch=8, default_model="other/colour")) as client:
+    with TestClient(make_app(project, max_wait_ms=400, max_batch=8, default_model="demo/red"),
+                    base_url="http://127.0.0.1") as client:
         good_request_still_succeeds(client, blobs)  # loads the model, outside the count
         calls.clear()
 
         def ask(i: int):
-            start.wait()
+            start.wait(timeout=30)
             return client.post("/v1/predict", json=as_json(blobs[i]))
 
         with ThreadPoolExecutor(len(blobs)) as pool:
             answers = list(pool.map(ask, range(len(blobs))))
-        stats = client.get("/health").json()["batching"]["other/colour"]
+        stats = client.get("/health").json()["batching"]["demo/red"]
     assert sum(calls) == len(blobs) and len(calls) < len(blobs), calls
-    assert stats["largest_batch"] >= 2
+    assert stats["largest_batch"] >= 2 and sum(stats["batch_sizes"].values()) == stats["batches"]
+    assert sum(int(size) * calls for size, calls in stats["batch_sizes"].items()) == stats["requests"]
     for i, response in enumerate(answers):
         assert response.status_code == 200, response.text
         assert response.json()["probabilities"]["malignant"] == pytest.approx(expected["p_malignant"][i], abs=1e-6)
@@ -345,27 +307,78 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(project, b
 
 
 def test_a_failed_model_call_fails_only_its_batch(project, blobs, monkeypatch):
-    with TestClient(make_app(project, default_model="other/colour"), raise_server_exceptions=False) as client:
+    with TestClient(make_app(project, default_model="demo/red"), base_url="http://127.0.0.1",
+                    raise_server_exceptions=False) as client:
         with monkeypatch.context() as patched:
             patched.setattr(batching, "predict_batch", lambda *a: (_ for _ in ()).throw(MemoryError("oom")))
             refused(client.post("/v1/predict", json=as_json(blobs[0])), 500, "MemoryError")
         good_request_still_succeeds(client, blobs)
 
 
-def test_default_model_choice_and_startup_errors(project, tmp_path):
-    assert make_app(project, default_model=None).state.registry.default == "demo/tiny"  # the first found
-    assert make_app(project, default_model="gone/model").state.registry.default == "demo/tiny"
-    chosen = api.create_app(project["models"], default="other/colour", params={"max_upload_mb": 1})
-    assert chosen.state.registry.default == "other/colour"
+def card(source: str, **extra) -> dict:
+    return {"weights": {"source": source}, **extra}
+
+
+def test_the_default_is_the_best_imagenet_model_by_validation_never_a_random_one():
+    found = {"a/random": card("random", validation={"accuracy": 0.99}),
+             "b/low": card("imagenet", validation={"accuracy": 0.70}, metrics={"side": "test", "accuracy": 0.95}),
+             "c/high": card("imagenet", training={"val_accuracy": 0.81}, metrics={"side": "test", "accuracy": 0.6}),
+             "d/none": card("imagenet", metrics={"side": "test", "accuracy": 0.99}),
+             "e/val": card("imagenet", metrics={"side": "val", "accuracy": 0.80})}
+    name, why = choose_default(found, None, None)
+    assert name == "c/high" and "0.8100" in why and "training.val_accuracy" in why and "never" in why
+    name, why = choose_default({k: found[k] for k in ("a/random", "d/none")}, None, None)
+    assert name == "d/none" and "no card has a validation figure" in why  # test figures are never used
+    assert choose_default({"a/random": found["a/random"]}, None, None)[0] is None
+    assert choose_default(found, "a/random", None) == ("a/random", "chosen with --default (randomly initialised: "
+                                                                   "its figures are no evidence of transfer learning)")
+    assert choose_default(found, None, "b/low")[0] == "b/low"
+    assert choose_default(found, None, "gone/model")[0] == "c/high"
     with pytest.raises(UserError, match="--default `x/y` is not among"):
-        api.create_app(project["models"], default="x/y", params={})
+        choose_default(found, "x/y", None)
+
+
+def test_study_cards_carry_the_validation_accuracy_of_the_weights_they_hold():
+    import pandas as pd
+
+    from tlrepro.modeling.training import TrainResult
+    from tlrepro.studies.base import validation_figure
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.6, 0.8, 0.7]})
+    assert validation_figure(TrainResult(history, 1.0, "images", best_epoch=2)) == {"accuracy": 0.8, "epoch": 2}
+    assert validation_figure(TrainResult(history, 1.0, "images")) == {"accuracy": 0.7, "epoch": 3}  # the last
+    assert validation_figure(TrainResult(history.drop(columns="val_accuracy"), 1.0, "images")) is None
+    assert validation_figure(TrainResult(history.assign(val_accuracy=float("nan")), 1.0, "images")) is None
+    assert validation_figure(None) is None
+
+
+def test_a_server_without_a_default_asks_for_a_model(project, blobs):
+    app = make_app(project, default_model=None)  # every model there is randomly initialised
+    assert app.state.registry.default is None
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert "every model found is randomly initialised" in client.get("/v1/models").json()["default_reason"]
+        refused(client.post("/v1/predict", json=as_json(blobs[0])), 400, "no default model", "?model=")
+        assert client.post("/v1/predict?model=demo/tiny", json=as_json(blobs[0])).status_code == 200
+
+
+def test_startup_errors(project, tmp_path):
+    chosen = create_app(project["models"], default="demo/red", params={"max_upload_mb": 1})
+    assert chosen.state.registry.default == "demo/red"
+    with pytest.raises(UserError, match="--default `x/y` is not among"):
+        create_app(project["models"], default="x/y", params={})
     with pytest.raises(UserError, match="No saved model with a card"):
-        api.create_app(tmp_path, params={})
+        create_app(tmp_path, params={})
+    with pytest.raises(Exception, match="is not a web origin"):
+        create_app(project["models"], params={}, allow_origins=("*",))
+    import socket
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
-            api._check_port("127.0.0.1", taken.getsockname()[1])
+            server.check_port("127.0.0.1", taken.getsockname()[1])
+    assert server.bound_names("0.0.0.0") == () and server.bound_names("127.0.0.1") == ()
+    assert server.bound_names("192.168.1.20") == ("192.168.1.20",)
 
 
 def test_cli_serve_reports_a_missing_model_folder_in_one_line(tmp_path, capsys):
@@ -374,3 +387,4 @@ def test_cli_serve_reports_a_missing_model_folder_in_one_line(tmp_path, capsys):
     assert main(["serve", "--models", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: No saved model with a card") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

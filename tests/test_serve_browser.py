@@ -85,7 +85,7 @@ def site(tmp_path_factory):
                     "f1": 0.835, "roc_auc": 0.911, "n": 660},
         "training_phashes": [inspect_image(upload).phash]})
 
-    from tlrepro.serve.api import create_app
+    from tlrepro.serve.app import create_app
 
     app = create_app(base, default="demo/baseline", reports_dir=reports,
                      params=Serve(max_upload_mb=5, max_batch=4, max_wait_ms=5))

@@ -66,9 +66,16 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from tlrepro.serve.api import serve
+    from tlrepro.serve.server import serve
 
-    serve(models_dir=args.models, host=args.host, port=args.port, default=args.default)
+    serve(models_dir=args.models, host=args.host, port=args.port, default=args.default,
+          allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from tlrepro.modeling.export import export_cli
+
+    export_cli(args.model, fmt=args.format, quantize=args.quantize, out=args.out)
 
 
 def _offline_flags(args: argparse.Namespace) -> None:
@@ -106,7 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="folder of saved models with cards (default: models/)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--default", default=None, help="the model answering requests that name none")
+    p.add_argument("--default", default=None, help="the model answering requests that name none (default: "
+                                                   "serve.default_model, else the ImageNet-initialised model with "
+                                                   "the best validation accuracy)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer to this Host name (repeatable; loopback names always): needed when others "
+                        "reach the server under a name, e.g. with --host 0.0.0.0")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let the web page at ORIGIN (scheme://host[:port]) POST to the API, with CORS (repeatable)")
+    p = command("export", _export, "export a saved model for TensorFlow Serving (SavedModel) or phones (TFLite), "
+                                   "its card beside it")
+    p.add_argument("model", help="a saved .keras file with its card, or a name such as sarker2025/MobileNetV2")
+    p.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    p.add_argument("--quantize", choices=("dynamic", "float16"), default=None,
+                   help="TFLite only: dynamic-range (int8 weights) or float16 weights (default: none, float32)")
+    p.add_argument("--out", default=None, help="where to write (default: exports/<study>/<row> for a SavedModel "
+                                               "folder, exports/<study>/<row>[.<quantize>].tflite for TFLite)")
     command("offline-flags", _offline_flags, "print the -S flags that set random weights where no "
                                              "ImageNet weights are reachable offline")
     return parser
@@ -122,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from tlrepro.core.errors import UserError
 
     try:
-        if args.command not in ("predict", "serve"):
+        if args.command not in ("predict", "serve", "export"):
             load_params()  # every setting checked before any work starts
         args.func(args)
     except UserError as exc:

@@ -367,13 +367,40 @@ class Study(Strict):
 
 
 class Serve(Strict):
-    """`tlrepro serve`: the model answering requests that name none, upload limits, request batching."""
+    """`tlrepro serve`: the default model, upload limits, request batching, and the bounds that keep the service
+    answering under overload (a full queue or a passed deadline is a 503 with Retry-After, at once)."""
 
-    default_model: str | None = None  # <study>/<row>; None: the first saved model found
+    # <study>/<row>; None: the ImageNet-initialised model with the best validation accuracy (never a random one)
+    default_model: str | None = None
     max_upload_mb: Annotated[float, Field(gt=0, le=200)] = 10.0  # checked before any decoding
     max_pixels: Annotated[int, Field(ge=1024, le=200_000_000)] = 40_000_000  # decompression-bomb guard
     max_batch: Annotated[int, Field(ge=1, le=512)] = 16  # requests that arrive together share one model call
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0  # how long a request waits for others to join
+    max_queue: Annotated[int, Field(ge=1, le=10_000)] = 32  # requests waiting per model (and for decoding)
+    deadline_s: Annotated[float, Field(ge=0.1, le=600)] = 10.0  # a request not answered by then gets a 503
+    decode_workers: Annotated[int, Field(ge=1, le=64)] = 2  # threads decoding JSON, base64 and images
+    explain_workers: Annotated[int, Field(ge=1, le=16)] = 1  # threads for Grad-CAM, apart from predictions
+    max_explain_queue: Annotated[int, Field(ge=0, le=1000)] = 4  # explanations waiting beyond the running ones
+    allow_hosts: list[str] = Field(default_factory=list)  # Host names accepted besides the loopback ones
+    allow_origins: list[str] = Field(default_factory=list)  # web origins allowed to POST (and given CORS)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+|\[?[0-9A-Fa-f:.]+\]?", host):
+                raise ValueError(f"`{host}` is not a host name: give a name or an address without scheme, port "
+                                 f"or wildcard, e.g. tlrepro.lab.example or 192.168.1.20")
+        return [host.strip("[]").lower() for host in value]
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[^/\s?#*]+", origin):
+                raise ValueError(f"`{origin}` is not a web origin: give scheme://host[:port], e.g. "
+                                 f"https://app.example.org (no path, no wildcard)")
+        return value
 
 
 class Compute(Strict):

@@ -85,22 +85,29 @@ def inspect_image(path: Path | str) -> ImageInfo | str:
     return inspect_bytes(data)
 
 
-def inspect_bytes(data: bytes, *, dihedral: bool = True) -> ImageInfo | str:
+def inspect_bytes(data: bytes, *, dihedral: bool = True, max_pixels: int = MAX_PIXELS) -> ImageInfo | str:
     """As inspect_image, for bytes in memory; without `dihedral` only the image's own phash is computed
     (prediction needs no rotated forms), and `dihedral_phashes` holds just that one."""
+    decoded = _decode(data, dihedral, max_pixels)
+    return decoded if isinstance(decoded, str) else decoded[0]
+
+
+def _decode(data: bytes, dihedral: bool, max_pixels: int) -> tuple[ImageInfo, Image.Image] | str:
+    """(facts, 8-bit RGB image) from one decode of the bytes, or the reason they cannot be used. The pixel
+    count is checked on the header, before any pixel is decoded (a decompression bomb is refused there)."""
     if not data:
         return "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in DECODED_FORMATS:
                 return f"unsupported image format {image.format}: convert it to PNG or JPEG"
-            if image.width * image.height > MAX_PIXELS:
-                return f"too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})"
+            if image.width * image.height > max_pixels:
+                return f"too large ({image.width}x{image.height} pixels, limit {max_pixels:,})"
             image.load()  # decodes every pixel: this is what catches truncated files
             rgb = to_rgb(image)
             hashes = dihedral_phashes(rgb) if dihedral else [phash_of(rgb)]
             return ImageInfo(sha256=hashlib.sha256(data).hexdigest(), width=image.width, height=image.height,
-                             mode=image.mode, phash=hashes[0], dihedral_phashes=" ".join(hashes))
+                             mode=image.mode, phash=hashes[0], dihedral_phashes=" ".join(hashes)), rgb
     except Image.UnidentifiedImageError:
         return "not an image (no known image format in its bytes)"
     except Image.DecompressionBombError as exc:
@@ -111,30 +118,27 @@ def inspect_bytes(data: bytes, *, dihedral: bool = True) -> ImageInfo | str:
 
 def decode_rgb(data: bytes, what: str = "image") -> Image.Image:
     """8-bit RGB from encoded bytes, or a UserError saying why not (for predict and serve)."""
-    facts = inspect_bytes(data)
-    if isinstance(facts, str):
-        raise UserError(f"{what}: {facts}")
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return to_rgb(image)
+    decoded = _decode(data, False, MAX_PIXELS)
+    if isinstance(decoded, str):
+        raise UserError(f"{what}: {decoded}")
+    return decoded[1]
 
 
-def decode_image(data: bytes, size: int, prepare: Callable[[np.ndarray], np.ndarray] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+def decode_image(data: bytes, size: int, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
     """(uint8 image resized for the model, perceptual hashes, ok, reason) from encoded bytes; never raises.
 
-    `prepare` is what the model's card says to do to the full-size RGB pixels before resizing (e.g. stain
-    normalization): its training images went through it. The hashes (int64 view of 16 uint64) are the eight
-    dihedral forms' (VIEWS order) of the image as sent, then of the image as prepared (the same again without
-    `prepare`), so a query can be matched, rotated or flipped, against raw and prepared training images.
+    The bytes are decoded once: the hashes and the model's input come from the same pixels. `prepare` is what
+    the model's card says to do to the full-size RGB pixels before resizing (e.g. stain normalization): its
+    training images went through it. The hashes (int64 view of 16 uint64) are the eight dihedral forms' (VIEWS
+    order) of the image as sent, then of the image as prepared (the same again without `prepare`), so a query
+    can be matched, rotated or flipped, against raw and prepared training images.
 
     The one decoding path of prediction: `tlrepro predict`, Grad-CAM and the REST service all use it."""
-    facts = inspect_bytes(data)
-    if isinstance(facts, str):
-        return np.zeros((size, size, 3), np.uint8), np.zeros(2 * len(VIEWS), np.int64), False, facts.encode()
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        rgb = to_rgb(image)
+    decoded = _decode(data, True, max_pixels)
+    if isinstance(decoded, str):
+        return np.zeros((size, size, 3), np.uint8), np.zeros(2 * len(VIEWS), np.int64), False, decoded.encode()
+    facts, rgb = decoded
     forms = facts.dihedral_phashes.split(" ")
     if prepare is not None:
         rgb = Image.fromarray(prepare(np.asarray(rgb)))

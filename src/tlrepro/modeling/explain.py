@@ -23,6 +23,7 @@ Note: the last block's map is small (7x7 at 224 px; 1x1 at 32 px, where the heat
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tlrepro.data.labels import predicted_positive
 
 DEFAULT_ALPHA = 0.4
 DEFAULT_COLORMAP = "jet"
+_BUILDING = threading.Lock()  # the service explains from several threads: build each explainer once
 
 
 def last_conv_layer(backbone: Any) -> Any:
@@ -59,13 +61,14 @@ def _explainer(model: Any, layer: str | None) -> tuple[Any, Any, Any]:
 
     from tlrepro.modeling.models import parts_of
 
-    cache = model.__dict__.setdefault("_tlrepro_gradcam", {})
-    if layer not in cache:
-        backbone, prep, head, _ = parts_of(model)
-        target = backbone.get_layer(layer) if layer is not None else last_conv_layer(backbone)
-        sub = keras.Model(backbone.inputs, [target.output, backbone.output], name=f"{backbone.name}_gradcam")
-        cache[layer] = (prep, sub, head)
-    return cache[layer]
+    with _BUILDING:
+        cache = model.__dict__.setdefault("_tlrepro_gradcam", {})
+        if layer not in cache:
+            backbone, prep, head, _ = parts_of(model)
+            target = backbone.get_layer(layer) if layer is not None else last_conv_layer(backbone)
+            sub = keras.Model(backbone.inputs, [target.output, backbone.output], name=f"{backbone.name}_gradcam")
+            cache[layer] = (prep, sub, head)
+        return cache[layer]
 
 
 def _class_scores(probs: Any, class_index: int | None, threshold: float) -> tuple[Any, np.ndarray]:

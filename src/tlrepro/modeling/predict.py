@@ -88,10 +88,10 @@ class Predictor:
 
         self._compiled = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
-    def decode(self, data: bytes) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    def decode(self, data: bytes, max_pixels: int = images.MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
         """(uint8 image for the model, its perceptual hashes, ok, reason) from encoded bytes, with the card's
         steps before the model: how every caller (predict, Grad-CAM, the service) turns a file into input."""
-        return images.decode_image(data, self.size, self.prepare)
+        return images.decode_image(data, self.size, self.prepare, max_pixels)
 
     def forward(self, batch: Any) -> np.ndarray:
         """The model's raw output for a batch of float32 images (N, size, size, 3), values 0..255."""

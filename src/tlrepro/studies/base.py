@@ -355,6 +355,16 @@ def training_phashes(frame: pd.DataFrame) -> list[str]:
     return sorted(set(with_hashes(frame)["shown_phash"]))
 
 
+def validation_figure(result: training.TrainResult | None) -> dict[str, Any] | None:
+    """The validation accuracy of the weights a model holds (its best epoch's): what `tlrepro serve` chooses its
+    default model by (never by a test figure). None when the training had no validation side."""
+    if result is None or "val_accuracy" not in result.history or not result.epochs_run:
+        return None
+    epoch = result.best_epoch or result.epochs_run
+    value = float(result.history["val_accuracy"].iloc[epoch - 1])
+    return {"accuracy": value, "epoch": epoch} if np.isfinite(value) else None
+
+
 def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: training.TrainResult | None,
              figures: dict[str, Any], train_frame: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
     """A model card (see tlrepro.modeling.cards) for a row trained by this study."""
@@ -375,6 +385,7 @@ def card_for(study: Study, row: Row, *, protocol: str, seed: int, result: traini
         "data": {"dataset": study.dataset, "index_sha256": fileio.file_sha256(paths.index_csv(study.dataset)),
                  "split_sha256": fileio.file_sha256(paths.split_csv(study.id)), "sides": sides},
         "metrics": {"side": study.settings.evaluate_on, **{k: figures.get(k) for k in (*HEADLINE, "n")}},
+        "validation": validation_figure(result),
         "report": f"reports/{study.id}.html",
         "phash_max_distance": study.params.leakage.phash_max_distance,
         "training_phashes": training_phashes(train_frame),

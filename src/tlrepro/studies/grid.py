@@ -389,6 +389,8 @@ def run(study: Study, *, save: bool = True) -> dict[str, BackboneGrid]:
             card = card_for(study, row, protocol=study.primary, seed=study.seed, result=None,
                             figures=grid.test_metrics, train_frame=study.part("train"))
             card["training"].update(grid.best)
+            card["validation"] = {"accuracy": float(grid.best["val_accuracy"]),
+                                  "epoch": int(grid.best["evaluated_epoch"])}
             cards.save(grid.classifier.model, study.model_path(row.name, study.primary), card)
         out[row.name] = grid
     return out
