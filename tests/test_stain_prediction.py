@@ -21,7 +21,7 @@ from tlrepro.data.labels import BINARY_CLASSES
 from tlrepro.data.tfdata import load_resized
 from tlrepro.modeling import cards, models
 from tlrepro.modeling.predict import Predictor
-from tlrepro.serve import api
+from tlrepro.serve.app import create_app
 from tlrepro.studies.base import training_phashes
 
 SIZE = 32
@@ -63,8 +63,8 @@ def test_a_stain_normalized_model_predicts_alike_through_predict_serve_and_the_n
     assert rejected.empty and abs(table["p_malignant"].iloc[0] - notebook) <= 1e-5
     assert not table["seen_in_training"].iloc[0]
 
-    app = api.create_app(paths.MODELS, params=Serve(default_model=NAME), reports_dir=tmp_path)
-    with TestClient(app) as client:
+    app = create_app(paths.MODELS, params=Serve(default_model=NAME), reports_dir=tmp_path)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         answer = client.post("/v1/predict", files={"file": ("query.png", raw.read_bytes(), "image/png")})
         assert answer.status_code == 200, answer.text
         assert abs(answer.json()["probabilities"]["malignant"] - notebook) <= 1e-5
@@ -93,5 +93,5 @@ def test_a_card_naming_an_unknown_step_before_the_model_is_refused(tmp_path):
         Predictor.load(base / "demo" / "future.keras")
     message = str(refused.value)
     assert "`vahadane_normalization`" in message and "does not know" in message and "\n" not in message
-    registry = api.create_app(base, params=Serve(default_model="demo/plain"), reports_dir=tmp_path).state.registry
+    registry = create_app(base, params=Serve(default_model="demo/plain"), reports_dir=tmp_path).state.registry
     assert list(registry.entries) == ["demo/plain"] and "does not know" in registry.skipped["demo/future"]
