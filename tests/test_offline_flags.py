@@ -66,12 +66,13 @@ def test_without_a_weights_folder_it_says_what_to_set(tmp_path, monkeypatch, cap
     assert status == 2 and "IMAGENET_WEIGHTS_DIR" in err and "Traceback" not in err
 
 
-def test_offline_flags_and_help_start_without_tensorflow(tmp_path):
-    """They answer in a second: neither imports TensorFlow or Keras."""
+def test_offline_flags_profile_and_help_start_without_tensorflow(tmp_path):
+    """They answer in a second: none of them imports TensorFlow or Keras."""
     probe = ("import sys, contextlib, io\n"
              "from tlrepro.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n"
              "    main(['offline-flags'])\n"
+             "    main(['profile', 'gpu'])\n"
              "    try:\n"
              "        main(['--help'])\n"
              "    except SystemExit:\n"
@@ -80,3 +81,21 @@ def test_offline_flags_and_help_start_without_tensorflow(tmp_path):
     env = {**os.environ, "IMAGENET_WEIGHTS_DIR": str(tmp_path), "TLREPRO_ROOT": str(REPO)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+def test_the_gpu_profile_lifts_every_cpu_cap_through_dvcs_own_override_code(tmp_path, monkeypatch, capsys):
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    monkeypatch.setattr(paths, "PARAMS_FILE", tmp_path / "params.yaml")
+    assert main(["profile", "gpu"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert words[::2] == ["-S"] * (len(words) // 2) and words
+    apply_overrides(str(tmp_path / "params.yaml"), words[1::2])
+    params = config.load_params(tmp_path / "params.yaml")
+    rows = [row for study in params.studies.values() for row in study.all_rows()]
+    rows += [entry.row(key) for key, entry in params.pretraining.items()]
+    assert all(row.max_epochs is None and row.trainable_from is None for row in rows)
+    wang = params.study("wang2024").row("DenseNet-SE-transfer")
+    assert wang.trainable_layers == "all" and params.epochs(wang) == 200  # the paper's epochs, every layer
+    pretraining = params.pretraining["densenet_se_lc25000_lung"].row("densenet_se_lc25000_lung")
+    assert pretraining.trainable_layers == "all" and params.epochs(pretraining) == 200

@@ -10,11 +10,15 @@ value fails at once with one line and keeps the results.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from e2e import Project
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
@@ -45,11 +49,11 @@ def test_data_stages_index_split_and_audit_the_archives(e2e):
     assert len(lin) == len(index) and set(lin["side"]) == {"train", "val", "test"}
     assert (lin["side"] == "test").equals(lin["source_split"] == "test")
     pair = lin[lin["sha256"].duplicated(keep=False)]  # the byte-identical pair leaks exactly when split apart
-    assert read_json(e2e, "data/splits/lin2024.leakage.json")["source"]["exact_duplicate_pairs"] == int(
+    assert read_json(e2e, "reports/leakage/lin2024.json")["source"]["exact_duplicate_pairs"] == int(
         pair["side"].nunique() > 1)
-    kumar = read_json(e2e, "data/splits/kumar2022.leakage.json")
+    kumar = read_json(e2e, "reports/leakage/kumar2022.json")
     assert kumar["patient"]["patients_on_several_sides"] == 0 and kumar["image"]["patients_on_several_sides"] > 0
-    wang = read_json(e2e, "data/splits/wang2024.leakage.json")
+    wang = read_json(e2e, "reports/leakage/wang2024.json")
     assert wang["paper"]["dihedral_copy_pairs"] > 0 and wang["honest"]["dihedral_copy_pairs"] == 0
     overlap = read_json(e2e, "data/overlap.json")
     assert overlap["matrix"]["skin"]["breakhis"]["exact"] == 0 and overlap["datasets"]["skin"] == len(index)
@@ -201,3 +205,42 @@ def test_every_stage_declares_the_settings_and_code_it_reads(e2e):
                     and not any(m == c or m.startswith(f"{c.rstrip('/')}/") for c in code)]
         assert not unlisted, f"{stage} runs {unlisted} but dvc.yaml's deps list only {code}"
     assert seen == set(stages), f"no record of {set(stages) - seen}"
+
+
+def test_tlrepro_metrics_prints_one_line_per_row_and_figure(e2e):
+    out = e2e.run(str(Path(sys.executable)), "-m", "tlrepro", "metrics").stdout
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["study", "row", "figure"] and max(len(line) for line in lines) < 120
+    for study in (*SKIN_ROWS, "kumar2022", "wang2024"):
+        assert any(line.startswith(study) and " accuracy " in line for line in lines), study
+    assert any("patient/VGG16" in line and "patient accuracy" in line for line in lines)
+
+
+# What git carries of a run: the pipeline, its lock, the settings, the code, and the outputs kept out of the cache.
+IN_GIT = ("dvc.yaml", "dvc.lock", "params.yaml", "src", "notebooks", "reports/metrics", "reports/leakage",
+          "reports/plots", "data/overlap.json")
+
+
+def test_a_second_machine_pulls_the_runs_and_recomputes_nothing(e2e, tmp_path):
+    """Results shared through a DVC remote (a local folder here; S3, GCS or SSH alike): one machine pushes its
+    outputs and run cache, a fresh clone pulls them, and `dvc repro` finds every stage up to date."""
+    remote = tmp_path / "remote"
+    e2e.dvc("remote", "add", "--local", "-d", "shared", str(remote))
+    try:
+        e2e.dvc("push", "--run-cache")
+        clone = tmp_path / "clone"
+        clone.mkdir()
+        for name in IN_GIT:
+            source = e2e.root / name
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, clone / name)
+        second = Project(clone, {**e2e.env, "TLREPRO_ROOT": str(clone)}, e2e.expected)
+        second.dvc("init", "--no-scm")
+        second.dvc("remote", "add", "-d", "shared", str(remote))
+        pulled = second.dvc("pull", "--run-cache")
+        assert "failed" not in pulled.lower(), pulled
+        assert (clone / "models/kumar2022/image/VGG16.keras").is_file() and (clone / "reports/wang2024.html").is_file()
+        assert "up to date" in second.dvc("status")
+        again = second.dvc("repro")
+        assert "Running stage" not in again, again
+    finally:
+        e2e.dvc("remote", "remove", "--local", "shared")

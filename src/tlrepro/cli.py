@@ -84,6 +84,22 @@ def _offline_flags(args: argparse.Namespace) -> None:
     print(offline_flags())
 
 
+def _metrics(args: argparse.Namespace) -> None:
+    from tlrepro.core.config import load_params
+    from tlrepro.reports.console import metrics_text
+
+    studies = list(load_params().studies)
+    if args.study and args.study not in studies:
+        load_params().study(args.study)  # names the known studies
+    print(metrics_text([args.study] if args.study else studies))
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from tlrepro.modeling.profiles import profile_flags
+
+    print(profile_flags(args.name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlrepro", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -129,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite only: dynamic-range (int8 weights) or float16 weights (default: none, float32)")
     p.add_argument("--out", default=None, help="where to write (default: exports/<study>/<row> for a SavedModel "
                                                "folder, exports/<study>/<row>[.<quantize>].tflite for TFLite)")
+    command("metrics", _metrics, "every study's headline figures, one line per row and figure (readable where "
+                                 "`dvc metrics show` is not)").add_argument("study", nargs="?")
+    command("profile", _profile, "print the -S flags of a hardware profile: `gpu` lifts every CPU cap "
+                                 "(epoch caps, partial fine-tuning, scale caps)").add_argument("name", choices=["gpu"])
     command("offline-flags", _offline_flags, "print the -S flags that set random weights where no "
                                              "ImageNet weights are reachable offline")
     return parser

@@ -384,23 +384,21 @@ class Serve(Strict):
     allow_hosts: list[str] = Field(default_factory=list)  # Host names accepted besides the loopback ones
     allow_origins: list[str] = Field(default_factory=list)  # web origins allowed to POST (and given CORS)
 
-    @field_validator("allow_hosts")
-    @classmethod
-    def _hosts(cls, value: list[str]) -> list[str]:
-        for host in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+|\[?[0-9A-Fa-f:.]+\]?", host):
-                raise ValueError(f"`{host}` is not a host name: give a name or an address without scheme, port "
-                                 f"or wildcard, e.g. tlrepro.lab.example or 192.168.1.20")
-        return [host.strip("[]").lower() for host in value]
+    # what a host name and a web origin may look like, and the example each refusal gives
+    _NETWORK: ClassVar[dict[str, tuple[str, str]]] = {
+        "allow_hosts": (r"[A-Za-z0-9_.-]+|\[?[0-9A-Fa-f:.]+\]?", "is not a host name: give a name or an address "
+                        "without scheme, port or wildcard, e.g. tlrepro.lab.example or 192.168.1.20"),
+        "allow_origins": (r"https?://[^/\s?#*]+", "is not a web origin: give scheme://host[:port], e.g. "
+                          "https://app.example.org (no path, no wildcard)")}
 
-    @field_validator("allow_origins")
+    @field_validator("allow_hosts", "allow_origins")
     @classmethod
-    def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if not re.fullmatch(r"https?://[^/\s?#*]+", origin):
-                raise ValueError(f"`{origin}` is not a web origin: give scheme://host[:port], e.g. "
-                                 f"https://app.example.org (no path, no wildcard)")
-        return value
+    def _network_names(cls, value: list[str], info: Any) -> list[str]:
+        pattern, problem = cls._NETWORK[info.field_name]
+        for name in value:
+            if not re.fullmatch(pattern, name):
+                raise ValueError(f"`{name}` {problem}")
+        return [h.strip("[]").lower() for h in value] if info.field_name == "allow_hosts" else value
 
 
 class Compute(Strict):

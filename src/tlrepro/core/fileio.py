@@ -148,6 +148,31 @@ def records(frame: Any) -> list[dict[str, Any]]:
             for rec in frame.to_dict(orient="records")]
 
 
+def read_table(path: Path | str, what: str, stage: str, required: Any = ()) -> Any:
+    """A CSV output of ours with every column as text (hashes and ids round-trip unchanged), checked: missing,
+    unreadable, malformed, lacking a column or empty is one UserError naming the stage to re-run."""
+    import pandas as pd
+
+    from tlrepro.core.paths import relative
+
+    path, rerun = Path(path), f"re-run `dvc repro {stage}`"
+    if not path.is_file():
+        raise UserError(f"{relative(path)} not found: run `dvc repro {stage}` first.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise UserError(f"{relative(path)} cannot be read ({exc.strerror or exc}): make it readable, or {rerun}.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{relative(path)} is not a readable {what} ({' '.join(str(exc).split())[:120]}): "
+                        f"{rerun}.") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise UserError(f"{relative(path)} lacks columns {missing}: {rerun}.")
+    if frame.empty:
+        raise UserError(f"{relative(path)} holds no rows: {rerun}.")
+    return frame
+
+
 def read_json(path: Path | str, what: str = "file") -> Any:
     """JSON from a file, or a UserError naming it (missing, unreadable, not JSON)."""
     from tlrepro.core.paths import relative

@@ -102,7 +102,9 @@ def split_csv(study: str) -> Path:
 
 
 def leakage_json(study: str) -> Path:
-    return SPLITS / f"{study}.leakage.json"
+    """The split's leakage counts, a DVC metric kept in git beside the studies' metrics (not under data/, which
+    a fresh clone lacks until the data stages run)."""
+    return REPORTS / "leakage" / f"{study}.json"
 
 
 def leakage_details_json(study: str) -> Path:

@@ -195,23 +195,7 @@ def write_index(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicate
 
 def read_index(key: str) -> pd.DataFrame:
     """data/index/<key>.csv with every column as text (hashes, ids round-trip unchanged), checked."""
-    path = paths.index_csv(key)
-    if not path.is_file():
-        raise UserError(f"{paths.relative(path)} not found: run `dvc repro prepare@{key}` first.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except OSError as exc:
-        raise UserError(f"{paths.relative(path)} cannot be read ({exc.strerror or exc}): make it readable, or "
-                        f"re-run `dvc repro prepare@{key}`.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{paths.relative(path)} is not a readable index ({' '.join(str(exc).split())[:120]}): "
-                        f"re-run `dvc repro prepare@{key}`.") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UserError(f"{paths.relative(path)} lacks columns {missing}: re-run `dvc repro prepare@{key}`.")
-    if frame.empty:
-        raise UserError(f"{paths.relative(path)} holds no images: re-run `dvc repro prepare@{key}`.")
-    return frame
+    return fileio.read_table(paths.index_csv(key), "index", f"prepare@{key}", REQUIRED_COLUMNS)
 
 
 def _print_summary(key: str, index: pd.DataFrame, rejected: pd.DataFrame, duplicates: pd.DataFrame) -> None:

@@ -181,7 +181,8 @@ def build_split(study_id: str, params: config.Params) -> tuple[pd.DataFrame, dic
 
 
 def write_study_split(study_id: str) -> pd.DataFrame:
-    """Write data/splits/<study>.csv and <study>.leakage.json from the study's params; returns the split."""
+    """Write data/splits/<study>.csv, its audit (reports/leakage/<study>.json, and every detail beside the
+    split) from the study's params; returns the split."""
     params = config.load_params()
     split, audits = build_split(study_id, params)
     counts = {name: {k: v for k, v in a.items() if not isinstance(v, dict)} for name, a in audits.items()}
@@ -197,14 +198,4 @@ def write_study_split(study_id: str) -> pd.DataFrame:
 
 def read_split(study_id: str) -> pd.DataFrame:
     """data/splits/<study>.csv, checked: a UserError says which stage to re-run."""
-    path = paths.split_csv(study_id)
-    if not path.is_file():
-        raise UserError(f"{paths.relative(path)} not found: run `dvc repro split@{study_id}` first.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise UserError(f"{paths.relative(path)} is not a readable split: re-run `dvc repro split@{study_id}`.") from None
-    missing = [c for c in [*FRONT, "sha256", "train_match"] if c not in frame.columns]
-    if missing or frame.empty:
-        raise UserError(f"{paths.relative(path)} lacks {missing or 'rows'}: re-run `dvc repro split@{study_id}`.")
-    return frame
+    return fileio.read_table(paths.split_csv(study_id), "split", f"split@{study_id}", [*FRONT, "sha256", "train_match"])

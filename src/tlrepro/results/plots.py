@@ -24,6 +24,21 @@ from tlrepro.results.figure_style import CLASS_NAMES, PALETTE, SPLIT_ORDER, new_
 from tlrepro.results.metrics import roc_curve_points
 
 
+def _thumbnails(paths: Sequence[str | Path], picks: Sequence[int], cols: int, height: float) -> tuple[Figure, Any]:
+    """A grid of 256-pixel thumbnails of the picked images, axes off; the caller titles them."""
+    from PIL import Image
+
+    fig, axes = new_figure(max(1, math.ceil(len(picks) / cols)), cols, size=(2.5, height))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picks, strict=False):
+        with Image.open(paths[i]) as img:
+            img = img.convert("RGB")
+            img.thumbnail((256, 256))
+            ax.imshow(np.asarray(img))
+    return fig, axes
+
+
 def _label_name(label: Any) -> str:
     try:
         return CLASS_NAMES.get(int(label), str(label))
@@ -53,20 +68,11 @@ def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col
 def sample_grid(paths: Sequence[str | Path], labels: Sequence[Any], n: int = 16, seed: int = 42,
                 title: str | None = None) -> Figure:
     """A seeded random sample of images titled with their labels: a look at what the model sees."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(paths), size=min(n, len(paths)), replace=False) if len(paths) else []
-    cols = min(4, max(1, len(picks)))
-    rows = max(1, math.ceil(len(picks) / cols))
-    fig, axes = new_figure(rows, cols, size=(2.5, 2.7))
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _thumbnails(paths, picks, min(4, max(1, len(picks))), height=2.7)
     for ax, i in zip(axes.flat, picks, strict=False):
-        with Image.open(paths[i]) as img:
-            img = img.convert("RGB")
-            img.thumbnail((256, 256))
-            ax.imshow(np.asarray(img))
         name = _label_name(labels[i])
         ax.set_title(name, color=PALETTE.get(name, "black"), fontsize=10)
     if title:
@@ -225,19 +231,11 @@ def prediction_grid(paths: Sequence[str | Path], predicted: Sequence[str], proba
                     title: str | None = None) -> Figure:
     """Thumbnails titled with the predicted class and its probability: black when the truth is not shown,
     green when right, red with the true class when wrong (kumar2022's figure)."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False)) if len(paths) else []
-    rows = max(1, math.ceil(len(picks) / cols))
-    fig, axes = new_figure(rows, cols, size=(2.5, 2.8))
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _thumbnails(paths, picks, cols, height=2.8)
     for ax, i in zip(axes.flat, picks, strict=False):
-        with Image.open(paths[i]) as img:
-            img = img.convert("RGB")
-            img.thumbnail((256, 256))
-            ax.imshow(np.asarray(img))
         text = f"{predicted[i]} ({probability[i]:.2f})"
         color = "black"
         if truth is not None:
