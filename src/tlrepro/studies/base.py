@@ -213,10 +213,6 @@ class RowResult:
     folds: list[RowResult] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def key(self) -> str:
-        return self.row.name
-
 
 def init_backbone(row: Row) -> Any:
     """The backbone of a pretrained model named by `init_from` (its head is replaced)."""
