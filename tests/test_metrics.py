@@ -161,3 +161,19 @@ def test_figures_without_leaked_images_on_planted_duplicates(tmp_path, make_imag
     assert full["accuracy"] == pytest.approx(4 / 6) and clean["accuracy"] == 1.0
     assert clean["n"] == 4 and clean["removed"] == 2
     assert ev.without_matches(y, probs, [""] * 6, seed=0, resamples=100, confidence=0.95) is None
+
+
+def test_multiclass_interval_resamples_whole_groups():
+    """Eight copies of each of 12 originals: resampling copies as if independent gives a too-narrow interval;
+    resampling originals gives the interval of 12 observations."""
+    rng = np.random.default_rng(0)
+    right = np.repeat(rng.random(12) < 0.7, 8)  # a copy is right exactly when its original is
+    labels = np.zeros(96, dtype=int)
+    probs = np.where(right[:, None], [[0.9, 0.05, 0.05]], [[0.1, 0.8, 0.1]])
+    groups = np.repeat(np.arange(12), 8)
+    per_image = ev.multiclass_accuracy(labels, probs, seed=1, resamples=2000, confidence=0.95)
+    per_group = ev.multiclass_accuracy(labels, probs, seed=1, resamples=2000, confidence=0.95, groups=groups)
+    assert per_image["accuracy"] == per_group["accuracy"] == pytest.approx(right.mean(), abs=1e-6)
+    assert per_group["ci_groups"] == 12 and per_image["ci_groups"] is None
+    width = {k: f["accuracy_ci_high"] - f["accuracy_ci_low"] for k, f in (("image", per_image), ("group", per_group))}
+    assert width["group"] > 2 * width["image"]  # sqrt(8) narrower when copies are counted as independent

@@ -74,3 +74,37 @@ def test_random_initialisation_of_a_pretraining_entry_reaches_the_rows_that_star
         study.random_init(), study.random_init_via())
     card.write_text(json.dumps({"weights": {"source": "imagenet", "file": "densenet121.h5"}}))
     assert study.random_init() == []
+
+
+@pytest.mark.parametrize(("low", "said", "not_said"), [
+    (None, "without intervals", "by more than its interval"),
+    (0.90, "by more than its interval allows", "without intervals"),
+    (0.70, "not all of them clear of their intervals", "by more than its interval"),
+])
+def test_above_the_paper_claims_only_what_its_interval_carries(monkeypatch, low, said, not_said):
+    from tlrepro.reports import protocols
+
+    comparison = pd.DataFrame({"row": ["VGG16", "VGG16"], "metric": ["accuracy", "loss"], "paper": [0.80, 0.3],
+                               "ours": [0.95, 0.1], "ci_low": [low, None], "ci_high": [0.99 if low else None, None]})
+    notes: list[str] = []
+    monkeypatch.setattr(protocols, "note", notes.append)
+    protocols.above_paper(comparison)
+    assert len(notes) == 1 and "VGG16, accuracy: ours 0.950, the paper's 0.800" in notes[0]
+    assert said in notes[0] and not_said not in notes[0]
+    assert "loss" not in notes[0]  # a loss below the paper's is not "above" it
+
+
+def test_one_magnification_is_listed_once_not_beside_an_identical_all(shown, monkeypatch):
+    from tlrepro.results import metrics
+
+    frame = pd.DataFrame({"magnification": ["100"] * 20, "group": [f"p{i % 10}" for i in range(20)],
+                          "label": ["benign", "malignant"] * 10})
+    result = SimpleNamespace(probs=[0.1, 0.9] * 10, metrics={"threshold": 0.5}, frame=frame)
+    study = SimpleNamespace(unit="patient", seed=1, labels=lambda f: (f["label"] == "malignant").astype(int).to_numpy(),
+                            params=SimpleNamespace(evaluation=SimpleNamespace(bootstrap_resamples=50, confidence=0.95)))
+    monkeypatch.setattr(metrics, "MIN_GROUPS", 10)
+    out = sections.accuracy_by_group(study, {("image", "VGG16"): result})
+    assert set(out["subset"]) == {"all", "100"}  # the figures keep both (paper keys read the magnification)
+    listed = shown[-1].to_html()
+    assert ">all<" not in listed and ">100<" in listed and ">1.000" in listed
+    assert "The data hold one magnification (100)" in markdown(shown)

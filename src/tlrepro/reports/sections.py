@@ -90,10 +90,20 @@ def rows_table(study: Study) -> pd.DataFrame:
             "epochs": (f"{study.epochs(row)} (paper {row.epochs})" if row.epochs and study.epochs(row) < row.epochs
                        else row.epochs or "grid"),
             "batch": _batch(study, row.batch_size), "image size": row.image_size,
-            "augmentation": ", ".join(f"{k} {v}" for k, v in row.augmentation.transforms()) if row.augmentation else "—",
+            "augmentation": _augmentation(row),
             "head": " → ".join(_layer(h) for h in row.head),
         })
     return pd.DataFrame(records)
+
+
+def _augmentation(row: Any) -> str:
+    """The row's transforms, and how they are drawn: per epoch through the whole model, or K views cached once."""
+    if not row.augmentation:
+        return "—"
+    transforms = ", ".join(f"{k} {v}" for k, v in row.augmentation.transforms())
+    drawn = (f"{row.augmentation_views} views per image, features cached" if row.augmentation_views
+             else "drawn every epoch")
+    return f"{transforms} ({drawn})"
 
 
 def _batch(study: Study, batch: int) -> str:
@@ -136,7 +146,8 @@ def data(study: Study, sample: int = 12) -> pd.DataFrame:
     data_warnings(study)
     primary = study.protocol()
     primary = primary[primary["fold"].isin(["", "1"])]
-    display(plots.class_balance(primary.rename(columns={"side": "split"})))
+    title = "Class balance per split" + (f" (protocol {study.primary})" if len(study.protocols) > 1 else "")
+    display(plots.class_balance(primary.rename(columns={"side": "split"}), title=title))
     train = primary[primary["side"] == "train"].drop_duplicates("path")
     display(plots.sample_grid([paths.PROJECT_ROOT / p for p in train["path"]], list(train["label"]), n=sample,
                               seed=study.seed, title="A sample of training images"))
@@ -303,8 +314,9 @@ def provenance(study: Study) -> pd.DataFrame:
     for row, w in prov["weights"].items():
         records.append({"row": row, "weights": w["source"] + (f" (through `{w['init_from']}`)" if w.get("init_from") else ""),
                         "file": w.get("file", "—"),
-                        "sha256": w.get("sha256", "—"), "loaded from": w.get("from", "—")})
-    show(table(pd.DataFrame(records), "Initial weights"))
+                        "sha256": (w["sha256"][:16] + "…") if w.get("sha256") else "—",
+                        "loaded from": w.get("from", "—")})
+    show(table(pd.DataFrame(records), "Initial weights (sha256 shortened; the full digest is in each model card)"))
     sizes = pd.DataFrame([{"protocol": p, **{SIDE_NAMES[k]: v for k, v in s.items()}} for p, s in prov["sides"].items()])
     show(table(sizes, "Images per side (rows of the split file; dihedral views count as images; a "
                       "cross-validation's sides are summed over its folds)"))
@@ -345,13 +357,18 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
                                            seed=study.seed, resamples=e.bootstrap_resamples, confidence=e.confidence)
         parts.append(grouped.assign(protocol=protocol, model=name))
     out = pd.concat(parts, ignore_index=True)
+    listed = out
+    if out["subset"].nunique() == 2:  # one value of `by` in the data: its rows repeat the "all" rows
+        only = out.loc[out["subset"] != "all", "subset"].iloc[0]
+        listed = out[out["subset"] != "all"]
+        note(f"The data hold one {by} ({only}): its figures are the whole run's.")
     shown = pd.DataFrame({
-        "protocol": out["protocol"], "model": out["model"], by: out["subset"], "images": out["images"],
-        f"{group}s": out[f"{group}s"],
-        "image-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(out["image_accuracy"], out["image_ci_low"],
-                                                                     out["image_ci_high"], strict=True)],
-        f"{group}-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(out[f"{group}_accuracy"], out[f"{group}_ci_low"],
-                                                                         out[f"{group}_ci_high"], strict=True)],
+        "protocol": listed["protocol"], "model": listed["model"], by: listed["subset"], "images": listed["images"],
+        f"{group}s": listed[f"{group}s"],
+        "image-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(listed["image_accuracy"], listed["image_ci_low"],
+                                                                     listed["image_ci_high"], strict=True)],
+        f"{group}-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(
+            listed[f"{group}_accuracy"], listed[f"{group}_ci_low"], listed[f"{group}_ci_high"], strict=True)],
     })
     show(table(shown, f"Image-level and {group}-level accuracy per {by} ({group}-level: the mean over {group}s of each "
                       f"{group}'s accuracy; intervals resample {group}s, and need at least {metrics.MIN_GROUPS})"))

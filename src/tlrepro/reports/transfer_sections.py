@@ -111,6 +111,11 @@ def pretraining(study: Study) -> pd.DataFrame | None:
                 f" [{m['accuracy_ci_low']:.3f}, {m['accuracy_ci_high']:.3f}]" if m.get("accuracy_ci_low") is not None
                 else "")}])
         show(table(frame, f"Pretraining on {card['data']['dataset']} ({row.init_from})"))
+        groups = m.get("ci_groups") or m.get(f"{m.get('ci_unit')}s")
+        if m.get("accuracy_ci_low") is not None:
+            note("<small>The interval resamples " + (
+                f"the validation side's {groups} groups ({card['data'].get('split', '')}): an image's rotated and "
+                "flipped copies are not independent.</small>" if groups else "validation images.</small>"))
         pretraining_curve(card, row.init_from)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else None

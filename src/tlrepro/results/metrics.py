@@ -216,15 +216,20 @@ def without_matches(y_true: Any, y_prob: Any, matches: Sequence[str], **kwargs: 
     return {**evaluate(y[clean], p[clean], **kwargs), "removed": int((~clean).sum())}
 
 
-def multiclass_accuracy(labels: np.ndarray, probs: np.ndarray, *, seed: int, resamples: int, confidence: float
-                        ) -> dict[str, Any]:
-    """Accuracy of argmax predictions (a pretraining step's figure) with its bootstrap interval."""
+def multiclass_accuracy(labels: np.ndarray, probs: np.ndarray, *, seed: int, resamples: int, confidence: float,
+                        groups: Sequence | None = None) -> dict[str, Any]:
+    """Accuracy of argmax predictions (a pretraining step's figure) with its bootstrap interval, which resamples
+    whole groups when `groups` is given (e.g. an image's rotated and flipped copies: they are not independent)."""
     correct = (np.asarray(probs).argmax(axis=1) == np.asarray(labels)).astype(float)
+    members = _group_index(groups, correct.size)
     rng = np.random.default_rng(seed)
-    draws = draw_weights(rng, resamples, len(correct)) @ correct / len(correct)
+    weights = (draw_weights(rng, resamples, correct.size) if members is None
+               else draw_weights(rng, resamples, int(members.max()) + 1)[:, members])
+    draws = (weights @ correct) / weights.sum(axis=1)
     low, high, valid = percentiles(draws, confidence)
     return plain({"accuracy": float(correct.mean()), "accuracy_ci_low": low, "accuracy_ci_high": high,
-                  "accuracy_ci_valid": valid, "n": len(correct)})
+                  "accuracy_ci_valid": valid, "n": int(correct.size),
+                  "ci_groups": None if members is None else int(members.max()) + 1})
 
 
 def threshold_for_recall(y_true: Any, y_prob: Any, target: float = 0.95) -> float:

@@ -47,7 +47,8 @@ def _label_name(label: Any) -> str:
 
 
 @styled
-def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col: str = "label") -> Figure:
+def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col: str = "label",
+                  title: str = "Class balance per split") -> Figure:
     """Images per split and class: a skewed split changes what accuracy means."""
     counts = (split_frame.assign(_label=split_frame[label_col].map(_label_name))
               .groupby([split_col, "_label"]).size().rename("images").reset_index())
@@ -59,7 +60,7 @@ def class_balance(split_frame: pd.DataFrame, split_col: str = "split", label_col
                 hue_order=[h for h in PALETTE if h in set(counts["_label"])], ax=ax)
     for bars in ax.containers:
         ax.bar_label(bars, fmt="%d", fontsize=9)
-    ax.set(title="Class balance per split", xlabel="", ylabel="images")
+    ax.set(title=title, xlabel="", ylabel="images")
     ax.legend(title="")
     return fig
 
@@ -278,9 +279,12 @@ def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | 
         x = np.arange(len(subsets))
         for offset, kind, color in ((-width / 2, "image", "#4C72B0"), (width / 2, group, "#DD8452")):
             value = part[f"{kind}_accuracy"].astype(float)
-            err = [value - part[f"{kind}_ci_low"].astype(float), part[f"{kind}_ci_high"].astype(float) - value]
-            ax.bar(x + offset, value, width, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3, color=color,
-                   label=f"{kind}-level")
+            low, high = part[f"{kind}_ci_low"].astype(float), part[f"{kind}_ci_high"].astype(float)
+            ax.bar(x + offset, value, width, color=color, label=f"{kind}-level")
+            has = (low.notna() & high.notna()).to_numpy()  # no whisker where there is no interval
+            if has.any():
+                ax.errorbar(x[has] + offset, value[has], yerr=[np.clip(value - low, 0, None)[has],
+                            np.clip(high - value, 0, None)[has]], fmt="none", ecolor="black", capsize=3)
         ax.set_xticks(x, [str(s) for s in subsets])
         ax.set(title=model, ylim=(0, 1.05), ylabel="accuracy", xlabel="")
     axes.flat[0].legend(fontsize=8, loc="lower left")

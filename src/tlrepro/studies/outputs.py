@@ -11,7 +11,6 @@ Everything is written to the staging folder while `tlrepro run` executes the not
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -70,8 +69,8 @@ def timings(study: Study, results: Results) -> dict[str, Any]:
 
 def write_outputs(study: Study, rows: dict[str, dict[str, Any]], details: dict[str, Any] | None = None, *,
                   results: Results | None = None, plots: dict[str, pd.DataFrame] | None = None,
-                  timings_extra: dict[str, Any] | None = None) -> Path:
-    """Every output of the study stage in one call; returns the metrics file.
+                  timings_extra: dict[str, Any] | None = None) -> None:
+    """Every output of the study stage in one call.
 
     `rows` are the headline figures per row; `details` the study's own tables. With the row runner's `results`,
     their per-row details, training histories (plots `history/<row>`) and timings are added.
@@ -82,8 +81,8 @@ def write_outputs(study: Study, rows: dict[str, dict[str, Any]], details: dict[s
         for (protocol, name), r in results.items():
             plots[f"history/{result_key(study, protocol, name).replace('/', '-')}"] = r.training.history
         times = {**timings(study, results), **times}
-    target = paths.study_output(paths.study_outputs(study.id)["metrics"])
-    fileio.write_json(target, {"study": study.id, "dataset": study.dataset, "random_init": study.random_init(),
+    metrics = paths.study_outputs(study.id)["metrics"]
+    fileio.write_json(paths.study_output(metrics), {"study": study.id, "dataset": study.dataset, "random_init": study.random_init(),
                                "results": rows})
     fileio.write_json(paths.study_output(paths.study_outputs(study.id)["details"]),
                       {"study": study.id, "provenance": study.provenance(), **details})
@@ -91,6 +90,7 @@ def write_outputs(study: Study, rows: dict[str, dict[str, Any]], details: dict[s
         fileio.write_csv(paths.study_output(f"{paths.study_outputs(study.id)['plots']}/{name}.csv"), frame)
     fileio.write_json(paths.study_output(paths.study_outputs(study.id)["timings"]), times)
     saved = sorted({r.model_path.stem for _, r in (results.items() if results else []) if r.model_path})
-    print(f"wrote {paths.relative(target)}, {len(plots)} plot table(s)"
-          + (f" and the models of {', '.join(saved)}" if saved else ""))
-    return target
+    # the project-relative names, not the staging folder's: that is where they are once the notebook succeeds
+    print(f"wrote {metrics}, its details, {len(plots)} plot table(s)"
+          + (f" and the models of {', '.join(saved)}" if saved else "")
+          + (" (moved into place when the whole notebook has run)" if paths.staging_dir() else ""))

@@ -56,10 +56,13 @@ def pretrain(key: str) -> Path:
         probs, _ = training.predict(classifier, val, use_cache=False)
     check_finite(probs, f"pretraining.{key}.model", "validation")
     e = params.evaluation
+    # intervals resample the split's groups (an image's rotated and flipped copies) when it has them
+    clusters = val["group"] if entry.split.group and val["group"].astype(bool).all() else None
     figures = (metrics.multiclass_accuracy(lab.encode(val["label"], classes), probs, seed=params.seed,
-                                           resamples=e.bootstrap_resamples, confidence=e.confidence)
+                                           resamples=e.bootstrap_resamples, confidence=e.confidence, groups=clusters)
                if len(classes) > 2 else metrics.evaluate(lab.encode(val["label"], classes), probs, seed=params.seed,
-                                                         resamples=e.bootstrap_resamples, confidence=e.confidence))
+                                                         resamples=e.bootstrap_resamples, confidence=e.confidence,
+                                                         groups=clusters, unit=entry.split.group or "image"))
     card = {
         "study": None, "pretraining": key, "name": f"pretrained/{key}", "seed": params.seed, "backbone": row.backbone,
         "weights": backbones.weights_provenance(row.backbone, row.weights, row.image_size),
