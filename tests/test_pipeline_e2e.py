@@ -218,7 +218,8 @@ def test_tlrepro_metrics_prints_one_line_per_row_and_figure(e2e):
 
 # What git carries of a run: the pipeline, its lock, the settings, the code, and the outputs kept out of the cache.
 IN_GIT = ("dvc.yaml", "dvc.lock", "params.yaml", "src", "notebooks", "reports/metrics", "reports/leakage",
-          "reports/plots", "data/overlap.json")
+          "reports/plots", "data/overlap.json", "models/.gitignore", "models/README.md",
+          "models/pretrained/.gitignore", "models/pretrained/README.md")
 
 
 def test_a_second_machine_pulls_the_runs_and_recomputes_nothing(e2e, tmp_path):
@@ -232,6 +233,7 @@ def test_a_second_machine_pulls_the_runs_and_recomputes_nothing(e2e, tmp_path):
         clone.mkdir()
         for name in IN_GIT:
             source = e2e.root / name
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, clone / name)
         second = Project(clone, {**e2e.env, "TLREPRO_ROOT": str(clone)}, e2e.expected)
         second.dvc("init", "--no-scm")
