@@ -279,8 +279,8 @@ def kaggle_mirror(tmp_path: Path) -> Path:
 def e2e(tmp_path_factory):
     """The shared end-to-end project (tests/e2e.py), after one `dvc repro` of the whole pipeline.
 
-    Tests that use it carry `pytest.mark.xdist_group("e2e")`, so they run on one worker and the project is built
-    once per session. Tests may change its params.yaml only inside `try/finally` blocks that restore it.
+    Tests that use it live in tests/test_pipeline_e2e.py (`--dist loadfile` keeps a file on one worker), so the
+    project is built once per session. Tests may change its params.yaml only inside `try/finally` blocks that restore it.
     """
     from e2e import make_project
 

@@ -2,8 +2,8 @@
 
 Generated Kaggle-like mirrors (a messy skin archive, the melanoma layout, BreakHis's folders and names, LC25000)
 feed `dvc repro` from download to the index report once per test session (tests/conftest.py `e2e`); the tests
-that read its outputs share it (and run on one pytest-xdist worker: `xdist_group("e2e")`). Smoke-test
-backbones (TinyCNN, TinyDenseNet, random weights) at 32x32 keep every stage to seconds while each study
+that read its outputs share it (all in tests/test_pipeline_e2e.py, which `--dist loadfile` keeps on one worker).
+Smoke-test backbones (TinyCNN, TinyDenseNet, random weights) at 32x32 keep every stage to seconds while each study
 mechanism runs for real: the lin2024 grid, `start_from` and augmentation (mobilenet2025), the prediction folder
 (sarker2025), two BreakHis protocols (kumar2022), stain normalization, LC25000 pretraining, SE blocks and
 `init_from` (wang2024).

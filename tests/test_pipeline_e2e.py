@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from e2e import Project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.slow  # every test of the shared project lives in this file: one worker builds it
 
 SKIN_ROWS = {"lin2024": {"MobileNetV2", "VGG16"}, "mobilenet2025": {"frozen", "finetune", "augmented"},
              "sarker2025": {"MobileNetV2"}}

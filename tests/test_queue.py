@@ -11,7 +11,7 @@ import time
 import pytest
 from e2e import make_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("queue")]
+pytestmark = pytest.mark.slow
 RATES = ("0.001", "0.005")
 
 
