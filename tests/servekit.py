@@ -53,7 +53,7 @@ def png_claiming(width: int, height: int) -> bytes:
 def make_project(root: Path, saved_models: Path) -> dict[str, Path]:
     """models/: demo/tiny and demo/red (copies of the shared saved models), demo/broken (a card that does not
     match its file: skipped), demo/garbage (a card matching a file that is no Keras model: fails to load);
-    reports/: demo.html, a subfolder, an executed notebook; a secret file beside them."""
+    reports/: demo.html, a subfolder, an executed notebook, a text file and an .html link to a secret outside."""
     base, reports = root / "models", root / "reports"
     shutil.copytree(saved_models, base)
     tiny = base / "demo" / "tiny.keras"
@@ -71,6 +71,8 @@ def make_project(root: Path, saved_models: Path) -> dict[str, Path]:
     (reports / "sub" / "x.html").write_text("<html>not a report</html>")
     (reports / "notebooks" / "demo.ipynb").write_text(json.dumps({"cells": [f"{root}/data/raw/skin"]}))
     (root / "secret.txt").write_text(SECRET)
+    (reports / "notes.txt").write_text(SECRET)  # beside the reports, but not one
+    (reports / "leak.html").symlink_to(root / "secret.txt")  # named like a report, pointing outside
     return {"root": root, "models": base, "reports": reports, "tiny": tiny, "red": base / "demo" / "red.keras"}
 
 

@@ -214,7 +214,8 @@ def test_traversal_urls_sent_raw_reach_nothing_and_health_answers(project):
         assert raw_request(port, "/health", host="attacker.example")[0] == 421
         for target in ("/reports/../secret.txt", "/reports/%2e%2e/secret.txt", "/reports/..%2fsecret.txt",
                        "/reports/../../secret.txt", "/static/../app.py", "/static/%2e%2e/app.py",
-                       "/reports/notebooks/demo.ipynb", "/static/../../../secret.txt"):
+                       "/reports/notebooks/demo.ipynb", "/static/../../../secret.txt", "/reports/notes.txt",
+                       "/reports/leak.html"):
             status, text = raw_request(port, target)
             assert status in (400, 404), (target, text[:300])
             assert SECRET not in text and "def create_app" not in text and "cells" not in text, target
