@@ -198,3 +198,20 @@ def test_one_threshold_rule_everywhere_a_probability_of_exactly_the_threshold_is
     predictor = SimpleNamespace(classes=list(BINARY_CLASSES), threshold=0.5)
     assert Predictor.labels_of(predictor, np.array([[0.5], [0.49]])) == ["malignant", "benign"]
     assert _class_scores(tf.constant([[0.5]]), None, 0.5)[1].tolist() == [1]
+
+
+def test_long_loops_show_progress_in_the_terminal_not_in_the_notebook(monkeypatch):
+    """Inside a notebook kernel sys.stderr feeds the notebook and sys.__stderr__ is the terminal that ran
+    `dvc repro`: the extraction bar must go to the terminal (issue 19: not only papermill's "cell N of M")."""
+    import io
+    import sys
+
+    from tlrepro.core import progress
+
+    notebook, terminal = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", notebook)
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    assert list(progress.bar(range(3), total=3, desc="VGG16 features", unit="batch")) == [0, 1, 2]
+    progress.to_terminal("[VGG16] epoch 1/2: loss 0.5")
+    assert "VGG16 features" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    assert "epoch 1/2" in terminal.getvalue() and notebook.getvalue() == ""

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
 
 EPOCH_LINE = re.compile(r"^\[[^\]]*\] epoch \d+/\d+: ")
 
@@ -15,8 +19,23 @@ def epoch_line(name: str, epoch: int, epochs: int, logs: dict | None) -> str:
     return f"[{name}] epoch {epoch}/{epochs}: {shown}"
 
 
+def in_kernel() -> bool:
+    """True inside a notebook kernel: sys.stderr is the kernel's stream into the notebook, while the process's own
+    stderr (sys.__stderr__) is still the terminal that started the run."""
+    return sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None
+
+
 def to_terminal(line: str) -> None:
-    """Show a line in the terminal that started the run: inside a notebook kernel, print() goes into the notebook
-    while the process's own stderr is still that terminal. Elsewhere stderr already is the terminal."""
-    if sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None:
+    """Show a line in the terminal that started the run (inside a kernel, print() would go into the notebook).
+    Elsewhere stderr already is the terminal, and the caller's own output shows the line."""
+    if in_kernel():
         print(line, file=sys.__stderr__, flush=True)
+
+
+def bar(iterable: Iterable, **kwargs: Any) -> tqdm:
+    """A tqdm bar for long loops (feature extraction, prediction). Inside a kernel it goes to the terminal that
+    started the run, at most every 10 s (so `dvc repro` shows which backbone and how far, not only papermill's
+    "cell N of M"), and never into the notebook; elsewhere tqdm's own rule (shown on a terminal only)."""
+    if in_kernel():
+        return tqdm(iterable, file=sys.__stderr__, mininterval=10, disable=False, **kwargs)
+    return tqdm(iterable, disable=None, **kwargs)

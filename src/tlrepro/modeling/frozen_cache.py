@@ -32,9 +32,8 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm import tqdm
 
-from tlrepro.core import paths
+from tlrepro.core import paths, progress
 from tlrepro.data.tfdata import decoding_fingerprint, image_dataset
 from tlrepro.modeling import compute
 from tlrepro.modeling.feature_store import FeatureStore
@@ -168,7 +167,7 @@ def _run(model_fn, dataset: tf.data.Dataset, steps: int, description: str) -> li
     if plan.distributed:
         dataset = plan.strategy.experimental_distribute_dataset(dataset)
     chunks: list[list[np.ndarray]] = []
-    for batch in tqdm(dataset, total=steps, desc=description, unit="batch", leave=False, disable=None):
+    for batch in progress.bar(dataset, total=steps, desc=description, unit="batch", leave=False):
         if plan.distributed:
             out = plan.strategy.run(model_fn, args=(batch,))
             out = [plan.strategy.gather(o, axis=0) for o in (out if isinstance(out, list | tuple) else [out])]
@@ -211,7 +210,7 @@ def extract(frozen: FrozenSplit, frame: pd.DataFrame, *, classifier: Classifier,
     def compute(rows: pd.DataFrame) -> list[np.ndarray]:
         # a compiled function: calling the model eagerly batch by batch would be about twice as slow
         return _run(forward, image_dataset(rows, classifier.image_size, batch_size),
-                    int(np.ceil(len(rows) / batch_size)), description)
+                    int(np.ceil(len(rows) / batch_size)), f"{classifier.row.backbone} {description}")
 
     return _read(store_for(classifier, frozen, cache_dir=cache_dir), image_keys(frame), frame, compute)
 
@@ -250,7 +249,7 @@ def extract_views(frozen: FrozenSplit, frame: pd.DataFrame, *, classifier: Class
             batches = [augment_each(augment, images.numpy(), seeds[i * batch_size:(i + 1) * batch_size])
                        for i, images in enumerate(image_dataset(rows, classifier.image_size, batch_size))]
             data = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(batch_size)
-            return _run(forward, data, len(batches), f"augmented view {k + 1}/{views}")
+            return _run(forward, data, len(batches), f"{classifier.row.backbone} augmented view {k + 1}/{views}")
 
         arrays, hit = _read(store, keys, frame, compute)
         all_cached &= hit
