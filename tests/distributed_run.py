@@ -33,7 +33,7 @@ def main() -> None:
     plan = compute.activate(Compute(strategy=strategy, mixed_precision="off", jit_compile="off"))
     frame = pd.read_csv(folder / "frame.csv", dtype=str)
     row = resolve_row("r", RowSettings(), RowSettings(
-        backbone="TinyCNN", weights="random", image_size=32, batch_size=8, learning_rate=1e-2, epochs=3,
+        backbone="TinyCNN", weights="random", image_size=32, batch_size=8, learning_rate=1e-1, epochs=10,
         trainable_layers=0, head=[{"pool": "avg"}, {"dense": 8, "activation": "relu"}, {"dense": 1, "activation": "sigmoid"}]))
     training.seed_everything(7)
     with plan.scope():
@@ -41,7 +41,7 @@ def main() -> None:
         models.set_trainable(clf, row.trainable_layers)
         train, val = frame[frame["side"] == "train"], frame[frame["side"] == "val"]
         result = training.train(clf, train, val, train_labels=encode(train["label"], BINARY_CLASSES),
-                                val_labels=encode(val["label"], BINARY_CLASSES), epochs=3, seed=7, log=False)
+                                val_labels=encode(val["label"], BINARY_CLASSES), epochs=10, seed=7, log=False)
         probs, _ = training.predict(clf, frame)
     print(json.dumps({"replicas": plan.replicas, "strategy": plan.name, "path": result.path,
                       "val_accuracy": float(result.history["val_accuracy"].iloc[-1]),
