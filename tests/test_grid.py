@@ -126,6 +126,16 @@ def test_the_choice_of_cell_is_called_within_noise_when_the_lead_is_inside_the_h
                                                                             "mean_val_accuracy": 0.9, **margin})
 
 
+def test_a_tie_is_called_a_tie_not_a_lead_of_zero():
+    """lin2024's ResNet50V2 on the mirror: two cells at 0.8034 printed 'leads the next ... by 0.0000'."""
+    tied = cells({(1e-3, 100): [0.80, 0.81], (5e-4, 100): [0.81, 0.80]})
+    top = grid.ranked(tied).iloc[0]
+    note = grid.choice_note("ResNet50V2", {"learning_rate": float(top["learning_rate"]), "epochs": 100,
+                                           "mean_val_accuracy": 0.805, **grid.margin(tied, top)})
+    assert "ties with the next" in note and "lower validation loss, then fewer epochs" in note
+    assert "leads" not in note and "0.0000" not in note
+
+
 def test_a_larger_budget_holding_the_same_heads_is_not_the_runner_up():
     """Under early stopping, budgets past the stop restore the very same epoch: the same heads, not a rival."""
     same = cells({(1e-3, 10): [0.85, 0.86], (1e-3, 20): [0.85, 0.86], (1e-4, 10): [0.70, 0.72]})

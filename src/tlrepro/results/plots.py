@@ -215,6 +215,7 @@ def grid_heatmap(grid: pd.DataFrame) -> Figure:
         sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", vmin=vmin, vmax=vmax, cbar=False,
                     annot_kws={"fontsize": 8}, ax=ax)
         ax.set(title=backbone, xlabel="epochs", ylabel="learning rate")
+        ax.tick_params(axis="y", rotation=0)  # upright learning rates do not run into each other
     return fig
 
 

@@ -356,8 +356,11 @@ def choice_note(name: str, best: dict[str, Any]) -> str:
     second = best.get("runner_up")
     if not second:
         return f"{chosen} is the grid's only cell."
-    lead = (f"{chosen} leads the next (learning rate {second['learning_rate']:g}, {_epochs(second['epochs'])}, "
-            f"{second['mean_val_accuracy']:.4f}) by {best['lead']:.4f}")
+    runner_up = f"(learning rate {second['learning_rate']:g}, {_epochs(second['epochs'])}, {second['mean_val_accuracy']:.4f})"
+    if round(best["lead"], 4) == 0:  # a tie at the printed precision: say how it was broken, not "leads by 0.0000"
+        return (f"{chosen} ties with the next {runner_up}; the tie goes to the lower validation loss, then fewer "
+                f"epochs: the choice of cell is within noise.")
+    lead = f"{chosen} leads the next {runner_up} by {best['lead']:.4f}"
     if best.get("within_noise") is None:
         return f"{lead}; with one head seed per cell there is no spread to judge that lead against."
     if best["within_noise"]:
