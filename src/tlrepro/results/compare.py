@@ -158,32 +158,39 @@ def _shown(value: float, count: bool, signed: bool = False) -> str:
 
 
 def difference_notes(frame: pd.DataFrame, provenance: Mapping[str, Any], confidence: float) -> list[str]:
-    """One plain sentence per (row, metric): ours beside the paper, the interval, and what it leaves out."""
+    """One plain note per row: each of its figures beside the paper's, the interval verdict per figure, and what
+    the intervals leave out or why there is no verdict, said once for the row (the reasons depend on the row
+    and its side only; repeated on every figure they buried the figures)."""
     level = f"{confidence:.0%}"
     seed_kind = provenance.get("seed_kind") or "seeds"
     notes = []
-    for line in frame.itertuples():
-        name = f"{line.row}, {line.metric.replace('_', ' ')}"
-        if pd.isna(line.ours):
-            notes.append(f"{name}: not measured here (paper {number(line.paper)}).")
-            continue
-        side = getattr(line, "side", None) if isinstance(getattr(line, "side", None), str) else None
-        count = is_count(line.paper)  # layers, parameters: whole numbers, printed as such
-        text = (f"{name}: ours {_shown(line.ours, count)} vs paper {_shown(line.paper, count)} "
-                f"({_shown(line.difference, count, signed=True)})")
-        if not pd.isna(line.seed_std) and line.seeds and line.seeds > 1:
-            text += f"; across {int(line.seeds)} {seed_kind} {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
-        reasons = [] if count else no_verdict_reasons(provenance, line.row, side)  # a count has no interval
+    for row, lines in frame.groupby("row", sort=False):
+        parts, reasons, images = [], [], None
+        for line in lines.itertuples():
+            metric = line.metric.replace("_", " ")
+            if pd.isna(line.ours):
+                parts.append(f"{metric}: not measured here (paper {number(line.paper)})")
+                continue
+            side = line.side if isinstance(getattr(line, "side", None), str) else None
+            count = is_count(line.paper)  # layers, parameters: whole numbers, printed as such, no interval
+            text = (f"{metric}: ours {_shown(line.ours, count)} vs paper {_shown(line.paper, count)} "
+                    f"({_shown(line.difference, count, signed=True)})")
+            if not pd.isna(line.seed_std) and line.seeds and line.seeds > 1:
+                text += f", across {int(line.seeds)} {seed_kind} {line.seed_mean:.4f} ± {line.seed_std:.4f} (sd)"
+            line_reasons = [] if count else no_verdict_reasons(provenance, str(row), side)
+            reasons += [r for r in line_reasons if r not in reasons]
+            if not line_reasons and not count and line.paper_within_ci is not None:
+                where = "inside" if line.paper_within_ci else "outside"
+                text += f", the paper's figure {where} our {level} interval [{line.ci_low:.3f}, {line.ci_high:.3f}]"
+                images = SIDE_NAMES.get(side or provenance.get("evaluated_on") or "", "evaluation")
+            parts.append(text)
+        note = f"{row}: " + "; ".join(parts) + "."
         if reasons:
-            notes.append(text + f". No verdict: {'; '.join(reasons)}.")
-        elif line.paper_within_ci is None:
-            notes.append(text + ".")
-        else:
-            where = "inside" if line.paper_within_ci else "outside"
-            images = SIDE_NAMES.get(side or provenance.get("evaluated_on") or "", "evaluation")
-            notes.append(text + f"; the paper's figure lies {where} our {level} interval "
-                         f"[{line.ci_low:.3f}, {line.ci_high:.3f}], which covers only the sampling of our {images} "
-                         f"images, not the paper's own sampling error nor the variation between training runs.")
+            note += f" No verdict: {'; '.join(reasons)}."
+        if images:
+            note += (f" Each interval covers only the sampling of our {images} images, not the paper's own "
+                     f"sampling error nor the variation between training runs.")
+        notes.append(note)
     return notes
 
 
