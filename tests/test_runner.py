@@ -93,3 +93,29 @@ def test_setup_notebook_moves_to_project_root(tmp_project, tmp_path, monkeypatch
         assert nbsetup.setup_notebook(quiet_keras=False) == tmp_project
         assert Path.cwd() == tmp_project and matplotlib.rcParams["savefig.bbox"] == "tight"
     assert nbsetup.in_colab() is False
+
+
+def test_progress_bars_meant_for_the_terminal_leave_the_notebook_and_the_report(monkeypatch):
+    """ipykernel copies the process's stderr into the notebook too: the bars progress.bar writes there (seen in
+    mobilenet2025's report) are dropped, the cell's own lines are kept."""
+    import io
+    import sys
+
+    from nbformat.v4 import new_output
+
+    from tlrepro.core import progress
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    for _ in progress.bar(range(4), total=4, desc="MobileNetV2 frozen outputs, train", unit="batch"):
+        pass
+    bars = terminal.getvalue().replace("\r", "\n")
+    assert bars.strip()
+    cell = new_code_cell("")
+    cell.outputs = [new_output("stream", name="stderr", text=bars),
+                    new_output("stream", name="stdout", text="frozen: 10 epochs in 4.2 s (cached features)\n")]
+    notebook = new_notebook(cells=[cell])
+    assert runner.strip_noise(notebook) >= 2
+    assert [o["text"] for o in notebook.cells[0].outputs] == ["frozen: 10 epochs in 4.2 s (cached features)\n"]
+    assert "frozen outputs" not in runner.render_html(notebook, title="t")

@@ -12,6 +12,9 @@ from typing import Any
 from tqdm import tqdm
 
 EPOCH_LINE = re.compile(r"^\[[^\]]*\] epoch \d+/\d+: ")
+# a tqdm bar's line ("desc:  42%|████      | 51/122 [00:10<00:14, 5.06batch/s]"): inside a kernel the process's
+# stderr is also captured into the notebook, so the runner drops these from the executed notebook and the report
+BAR_LINE = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 
 
 def epoch_line(name: str, epoch: int, epochs: int, logs: dict | None) -> str:
@@ -35,7 +38,8 @@ def to_terminal(line: str) -> None:
 def bar(iterable: Iterable, **kwargs: Any) -> tqdm:
     """A tqdm bar for long loops (feature extraction, prediction). Inside a kernel it goes to the terminal that
     started the run, at most every 10 s (so `dvc repro` shows which backbone and how far, not only papermill's
-    "cell N of M"), and never into the notebook; elsewhere tqdm's own rule (shown on a terminal only)."""
+    "cell N of M"); ipykernel also copies that stream into the notebook, where the runner drops it (BAR_LINE).
+    Elsewhere tqdm's own rule (shown on a terminal only)."""
     if in_kernel():
         return tqdm(iterable, file=sys.__stderr__, mininterval=10, disable=False, **kwargs)
     return tqdm(iterable, disable=None, **kwargs)

@@ -89,8 +89,9 @@ def _drop_stream_lines(notebook: Any, drop: Any) -> int:
 
 
 def strip_noise(notebook: Any) -> int:
-    """Remove TensorFlow/absl log lines from stream outputs (a reader should never see them)."""
-    return _drop_stream_lines(notebook, _NOISE.search)
+    """Remove TensorFlow/absl log lines and progress bars (meant for the terminal) from stream outputs: a reader
+    should never see them."""
+    return _drop_stream_lines(notebook, lambda line: bool(_NOISE.search(line) or progress.BAR_LINE.search(line)))
 
 
 def without_epoch_log(notebook: Any) -> Any:
