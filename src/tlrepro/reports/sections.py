@@ -295,11 +295,13 @@ def provenance(study: Study) -> pd.DataFrame:
                         "loaded from": w.get("from", "—")})
     show(table(pd.DataFrame(records), "Initial weights (sha256 shortened; the full digest is in each model card)"))
     sizes = pd.DataFrame([{"protocol": p, **{SIDE_NAMES[k]: v for k, v in s.items()}} for p, s in prov["sides"].items()])
-    show(table(sizes, "Images per side (rows of the split file; dihedral views count as images; a "
-                      "cross-validation's sides are summed over its folds)"))
+    show(table(sizes, "Images per side"))
+    note("<small>Rows of the split file: dihedral views count as images; a cross-validation's sides are summed over "
+         "its folds.</small>")  # as a caption it wrapped to the narrow table's width
     facts = {
         "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"] or "not named by the paper",
-        "images in our dataset": prov["images"], "images in the published dataset": prov["published_images"] or "—",
+        "images in our dataset": number(prov["images"]),
+        "images in the published dataset": number(prov["published_images"]) if prov["published_images"] else "—",
         "subset of the published set": ("yes" if prov["published_images"] and prov["images"] < prov["published_images"]
                                         else "no"),
         "scale.max_images_per_class": prov["max_images_per_class"] or "none",
