@@ -266,8 +266,8 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
         shown = shown.rename(columns={"over seeds": f"over {prov['seed_kind']}"})
     side = study.settings.evaluate_on
     other = {r: s for r, s in zip(frame["row"], frame["side"], strict=True) if isinstance(s, str) and s != side}
-    sides = SIDE_NAMES[side] + "".join(f"; {r}: {SIDE_NAMES[s]}" for r, s in other.items())
-    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours on the {sides} side)"))
+    sides = f"{SIDE_NAMES[side]} side" + "".join(f"; {r} on the {SIDE_NAMES[s]} side" for r, s in other.items())
+    show(table(shown, f"The paper beside ours{(' — ' + label) if label else ''} (ours on the {sides})"))
     note(f"<small>{interval_note(ours.values())}</small>")
     rates = frame[frame["paper"] <= 1]  # counts (layers, parameters) are compared in the table only
     if len(rates):
