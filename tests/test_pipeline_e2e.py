@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,6 +221,16 @@ def test_tlrepro_metrics_prints_one_line_per_row_and_figure(e2e):
 IN_GIT = ("dvc.yaml", "dvc.lock", "params.yaml", "src", "notebooks", "reports/metrics", "reports/leakage",
           "reports/plots", "data/overlap.json", "models/.gitignore", "models/README.md",
           "models/pretrained/.gitignore", "models/pretrained/README.md")
+
+
+def test_what_the_second_machine_gets_from_git_is_not_ignored_by_git():
+    """The second-machine test copies IN_GIT by hand; git must really carry those paths. data/overlap.json (a
+    cache: false output) sat under an ignored data/, so a real clone lacked it and re-ran the overlap stage."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *IN_GIT], cwd=root, capture_output=True, text=True)
+    assert ignored.stdout.split() == [], ignored.stdout
 
 
 def test_a_second_machine_pulls_the_runs_and_recomputes_nothing(e2e, tmp_path):
