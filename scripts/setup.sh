@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Set up the project on a machine with Python 3.11 and pip: a .venv in the project root holding the
-# pinned dependencies (pyproject.toml), the project itself (editable), the dev tools, and the Jupyter
-# kernel "Python (tlrepro)" that the notebooks name.
+# Set up the project on a machine with Python 3.11, 3.12 or 3.13 and pip: a .venv in the project root holding
+# the pinned dependencies (pyproject.toml), the project itself (editable), the dev tools, and the Jupyter kernel
+# "Python (tlrepro)" that the notebooks name.
 #
 #   bash scripts/setup.sh          # from any folder; safe to run again (a no-op when nothing changed)
 #
-# Environment: PYTHON=/path/to/python3.11 to choose the interpreter; TLREPRO_EXTRAS=gpu,dev for CUDA
+# The interpreter: $PYTHON if set, else `python3` when it is a supported version, else the newest of
+# python3.13, python3.12 and python3.11 on PATH; it says which one it chose.
+# Environment: PYTHON=/path/to/python3.x to choose the interpreter; TLREPRO_EXTRAS=gpu,dev for CUDA
 # TensorFlow instead of the CPU build (default cpu,dev); TLREPRO_SETUP_FORCE=1 to reinstall
 # even when pyproject.toml has not changed since the last successful run.
 set -euo pipefail
@@ -22,12 +24,18 @@ started=$SECONDS
 step() { printf '[setup %4ss] %s\n' "$((SECONDS - started))" "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
-is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; }
+# Supported Pythons: requires-python in pyproject.toml (TensorFlow 2.21 has wheels for each).
+SUPPORTED="3.11 3.12 3.13"
+is_supported() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)))' >/dev/null 2>&1; }
 
 find_python() {
   local candidate
-  for candidate in ${PYTHON:+"$PYTHON"} python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && is_py311 "$candidate"; then
+  if [[ -n "${PYTHON:-}" ]]; then
+    is_supported "$PYTHON" && { command -v "$PYTHON"; return 0; }
+    die "PYTHON=$PYTHON is $("$PYTHON" -V 2>&1 || echo 'not runnable'); it must be Python ${SUPPORTED// /, }."
+  fi
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_supported "$candidate"; then
       command -v "$candidate"
       return 0
     fi
@@ -45,19 +53,22 @@ pip_logged() {
 }
 
 # 1. the virtual environment
-if [[ -x "$VENV/bin/python" ]] && is_py311 "$VENV/bin/python"; then
+if [[ -x "$VENV/bin/python" ]] && is_supported "$VENV/bin/python" \
+   && { [[ -z "${PYTHON:-}" ]] || [[ "$("$VENV/bin/python" -V 2>&1)" == "$("$PYTHON" -V 2>&1)" ]]; }; then
   step "using the existing $VENV ($("$VENV/bin/python" -V 2>&1))"
 else
   if [[ -e "$VENV" ]]; then
     [[ -f "$VENV/pyvenv.cfg" ]] || die "$ROOT/$VENV exists but is not a virtual environment: move it away."
-    step "$VENV is not a working Python 3.11 environment: recreating it"
+    step "$VENV is not a working Python ${SUPPORTED// /, } environment of the one asked for: recreating it"
     rm -rf "$VENV"
   fi
-  PY="$(find_python)" || die "Python 3.11 is required (requires-python in pyproject.toml), but neither \
-python3.11 nor python3 is 3.11 (python3 is: $(python3 -V 2>&1 || echo missing)). Install Python 3.11, \
-or run with PYTHON=/path/to/python3.11."
-  step "creating $VENV with $PY ($("$PY" -V 2>&1))"
-  "$PY" -m venv "$VENV" || die "'$PY -m venv' failed: on Debian/Ubuntu install python3.11-venv."
+  PY="$(find_python)" || die "Python ${SUPPORTED// /, } is required (requires-python in pyproject.toml), and none \
+was found (python3 is: $(python3 -V 2>&1 || echo missing)). Install one (Debian/Ubuntu: apt-get install python3 \
+python3-venv; macOS: brew install python@3.12; or https://www.python.org/downloads/), or run with \
+PYTHON=/path/to/python3.x."
+  step "creating $VENV with $PY ($("$PY" -V 2>&1); supported: ${SUPPORTED// /, })"
+  "$PY" -m venv "$VENV" || die "'$PY -m venv' failed: on Debian/Ubuntu install the venv package of that Python \
+(e.g. python3.12-venv)."
 fi
 
 # 2. dependencies and the project; skipped when pyproject.toml is unchanged since the last success
