@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # every test of the shared project lives in this 
 
 SKIN_ROWS = {"lin2024": {"MobileNetV2", "VGG16"}, "mobilenet2025": {"frozen", "finetune", "augmented"},
              "sarker2025": {"MobileNetV2"}}
-HEADLINE_KEYS = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1", "roc_auc", "accuracy_seed_sd"}
+HEADLINE_KEYS = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_seed_sd"}  # skin: no patients
 
 
 def read_json(project, relative: str):
@@ -65,7 +65,8 @@ def test_every_study_writes_its_report_metrics_plots_and_models(e2e):
     root = e2e.root
     for study, rows in SKIN_ROWS.items():
         metrics = read_json(e2e, f"reports/metrics/{study}.json")
-        assert set(metrics["results"]) - {"prediction_folder"} == rows and metrics["random_init"]
+        assert set(metrics["results"]) - {"prediction_folder"} == rows
+        assert read_json(e2e, f"reports/metrics/{study}.details.json")["provenance"]["random_init"]
         for figures in metrics["results"].values():
             assert set(figures) <= HEADLINE_KEYS  # headline figures only
             assert 0 <= figures["accuracy_ci_low"] <= figures["accuracy"] <= figures["accuracy_ci_high"] <= 1
@@ -73,8 +74,12 @@ def test_every_study_writes_its_report_metrics_plots_and_models(e2e):
             assert (root / f"models/{study}/{row}.keras").is_file() and (root / f"models/{study}/{row}.card.json").is_file()
     assert read_json(e2e, "reports/metrics/mobilenet2025.details.json")["provenance"]["dataset"] == "melanoma"
     assert (root / "reports/plots/lin2024/grid.csv").read_text().count("\n") == 1 + 2 * 2 * 2
-    assert {p.name for p in (root / "reports/plots/mobilenet2025/history").iterdir()} == {
-        "frozen.csv", "finetune.csv", "augmented.csv"}
+    # one per-epoch chart per study, a line per row (and fold); DVCLive's folder per fit beside it
+    assert set(pd.read_csv(root / "reports/plots/mobilenet2025/epochs.csv")["run"]) == {"frozen", "finetune", "augmented"}
+    assert {p.name for p in (root / "reports/plots/mobilenet2025").iterdir()} == {"epochs.csv"}
+    assert (root / "reports/training/mobilenet2025/frozen/plots/metrics/eval/accuracy.tsv").is_file()
+    kumar_runs = set(pd.read_csv(root / "reports/plots/kumar2022/epochs.csv")["run"])
+    assert "image/VGG16" in kumar_runs and len({r for r in kumar_runs if r.startswith("patient/VGG16 · fold")}) == 5
 
     kumar = read_json(e2e, "reports/metrics/kumar2022.json")
     assert set(kumar["results"]) == {"image/VGG16", "patient/VGG16"}
@@ -140,6 +145,18 @@ def test_nothing_changed_nothing_runs_and_the_same_params_give_the_same_metrics(
     before = (e2e.root / "reports/metrics/mobilenet2025.json").read_bytes()
     e2e.dvc("repro", "--force", "--single-item", "study@mobilenet2025")
     assert (e2e.root / "reports/metrics/mobilenet2025.json").read_bytes() == before
+
+
+def test_a_notebook_run_by_hand_leaves_dvcs_outputs_alone(e2e, tmp_path):
+    """JupyterLab's Run All, as `jupyter nbconvert --execute`: outputs go to reports/interactive/, DVC sees no change."""
+    tracked = {p: p.read_bytes() for p in (e2e.root / "models/sarker2025").rglob("*") if p.is_file()}
+    e2e.run(str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
+            "notebooks/sarker2025.ipynb", "--output-dir", str(tmp_path))
+    assert json.loads(e2e.dvc("status", "--json", stdout_only=True)) == {}
+    assert {p: p.read_bytes() for p in tracked} == tracked
+    hand = e2e.root / "reports/interactive/sarker2025"
+    assert (hand / "reports/metrics/sarker2025.json").is_file() and (hand / "models/sarker2025/MobileNetV2.keras").is_file()
+    assert "run by hand" in (tmp_path / "sarker2025.ipynb").read_text()
 
 
 def test_a_setting_reruns_exactly_its_stages_and_a_bad_value_keeps_the_results(e2e):
@@ -219,7 +236,7 @@ def test_tlrepro_metrics_prints_one_line_per_row_and_figure(e2e):
 
 # What git carries of a run: the pipeline, its lock, the settings, the code, and the outputs kept out of the cache.
 IN_GIT = ("dvc.yaml", "dvc.lock", "params.yaml", "src", "notebooks", "reports/metrics", "reports/leakage",
-          "reports/plots", "data/overlap.json", "models/.gitignore", "models/README.md",
+          "reports/plots", "reports/training", "data/overlap.json", "models/.gitignore", "models/README.md",
           "models/pretrained/.gitignore", "models/pretrained/README.md")
 
 

@@ -44,7 +44,7 @@ def test_requires_python_admits_every_supported_version():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("version", [v for v in VERSIONS if v != "%d.%d" % sys.version_info[:2]])
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v != "{}.{}".format(*sys.version_info[:2])])
 def test_the_pinned_install_resolves(tmp_path, version):
     python = interpreter(version)
     if python is None:

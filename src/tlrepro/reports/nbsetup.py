@@ -45,15 +45,19 @@ def setup_notebook(quiet_keras: bool = True) -> Path:
     return paths.PROJECT_ROOT
 
 
+def interactive_dir(study: str) -> Path:
+    """Where a notebook run by hand (JupyterLab's Run All, Colab) writes its outputs: never DVC's own."""
+    return paths.REPORTS / "interactive" / study
+
+
 def open_study(study: str, params_file: str = "params.yaml"):
     """The opening of every study notebook: setup, then the study's settings, its data and its leakage audit.
 
-    In Colab the setup cell has cloned the project into ./tlrepro (and pip-installed it, so the package
-    itself no longer lives in the clone): the clone is the project root.
+    Outside `tlrepro run` (the DVC stage), the study's outputs (models, metrics, plots) go to
+    reports/interactive/<study>/, which neither git nor DVC tracks, so a hand run never changes what DVC recorded.
     """
-    clone = Path("tlrepro")
-    if in_colab() and (clone / "params.yaml").is_file():
-        paths.set_root(clone.resolve())
+    if paths.staging_dir() is None:
+        os.environ[paths.STAGING_ENV] = str(interactive_dir(study))
     setup_notebook()
     from tlrepro.reports import sections
     from tlrepro.studies import base
@@ -63,3 +67,16 @@ def open_study(study: str, params_file: str = "params.yaml"):
     sections.data(run)
     sections.leakage(run)
     return run
+
+
+def finish(study: str) -> None:
+    """The last cell: where this run's outputs went, and how DVC makes its own."""
+    from IPython.display import Markdown, display
+
+    staged = paths.staging_dir()
+    if staged is not None and staged.resolve() == interactive_dir(study).resolve():
+        display(Markdown(
+            f"**This notebook was run by hand:** its models, metrics and plots are in "
+            f"`{paths.relative(staged)}/`, apart from DVC's outputs, which it left as they were. For the "
+            f"tracked results, run the DVC stage from the project root: `dvc repro study@{study}` "
+            f"(or `dvc exp run` for an experiment)."))
