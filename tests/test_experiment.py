@@ -46,6 +46,9 @@ def test_every_row_is_shown_as_built_with_its_compile_settings(kumar, capsys):
     assert shown.loc["Tuned", "trainable"] > shown.loc["VGG16", "trainable"]  # two backbone layers train
     assert "EarlyStopping(monitor='val_loss', patience=4" in shown.loc["Tuned", "callbacks"]
     assert shown.loc["VGG16", "loss"] == "binary_crossentropy" and shown.loc["VGG16", "epochs"] == "2"
+    layers = experiment.layer_table(base.build(kumar, kumar.row("VGG16"), seed=kumar.seed).model).set_index("layer")
+    backbone = next(name for name in layers.index if name not in ("image", "augmentation", "preprocessing", "head"))
+    assert layers.loc[backbone, "trained"] == "0" and layers.loc["head", "frozen"] == "0"  # frozen backbone, head trains
 
 
 def test_the_printed_training_code_runs_as_pasted(kumar):

@@ -12,13 +12,11 @@ import gc
 from typing import Any
 
 import pandas as pd
-from IPython.display import HTML, Markdown, display
+from IPython.display import Markdown, display
 
 from tlrepro.core.config import Row
 from tlrepro.reports.sections import note, show, table
 from tlrepro.studies.base import Study
-
-SUMMARY_STYLE = "font-size:12px;line-height:1.25;max-height:28em;overflow:auto"
 
 
 def loss_name(classes: tuple[str, ...]) -> str:
@@ -92,11 +90,20 @@ def schedule(study: Study, row: Row) -> dict[str, str]:
     }
 
 
-def summary_text(model: Any) -> str:
-    """`model.summary(show_trainable=True)` as text (the backbone is one line: its layers would fill pages)."""
-    lines: list[str] = []
-    model.summary(show_trainable=True, print_fn=lambda line, *_, **__: lines.append(line))
-    return "\n".join(lines)
+def layer_table(model: Any) -> pd.DataFrame:
+    """`model.summary(show_trainable=True)` as a table whose trained/frozen split is counted per weight: Keras's
+    summary marks a backbone "Y" as soon as the backbone object is trainable, even with every layer inside it
+    frozen. The backbone is one line (its layers would fill pages)."""
+    from tlrepro.modeling import models
+
+    records = []
+    for layer in model.layers:
+        total, trainable = models.parameter_count(layer), models.trainable_count(layer)
+        shape = tuple(layer.output.shape) if hasattr(layer, "output") else None
+        records.append({"layer": layer.name, "type": type(layer).__name__,
+                        "output shape": str(shape).replace("None", "batch") if shape else "—",
+                        "parameters": f"{total:,}", "trained": f"{trainable:,}", "frozen": f"{total - trainable:,}"})
+    return pd.DataFrame(records)
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
@@ -109,8 +116,6 @@ def parameter_counts(model: Any) -> dict[str, int]:
 def show_models(study: Study) -> pd.DataFrame:
     """For every row: its model as built for training (freeze policy applied), the summary with trainable and
     frozen parameters, and its compile settings and schedule. Returns one line per row of the same facts."""
-    import html
-
     from tlrepro.studies import base
 
     records = []
@@ -121,7 +126,7 @@ def show_models(study: Study) -> pd.DataFrame:
         display(Markdown(f"### {row.name}: {row.backbone}{' + SE blocks' if row.se else ''}"))
         note(f"**{counts['parameters']:,} parameters:** {counts['trainable']:,} trained, {counts['frozen']:,} frozen"
              f" (backbone: {freeze_text(row)}).")
-        display(HTML(f'<pre style="{SUMMARY_STYLE}">{html.escape(summary_text(classifier.model))}</pre>'))
+        show(table(layer_table(classifier.model), f"{row.name}: the model, layer by layer (as model.summary)"))
         show(table(pd.DataFrame([facts]).T.reset_index().set_axis(["setting", "value"], axis=1),
                    f"{row.name}: compile settings and training schedule"))
         records.append({"row": row.name, **counts, **facts})
