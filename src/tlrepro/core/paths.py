@@ -126,6 +126,17 @@ def staging_dir() -> Path | None:
     return Path(env) if env else None
 
 
+def interactive_dir(study: str) -> Path:
+    """Where a notebook run by hand (JupyterLab's Run All, Colab) stages its outputs: never over DVC's own."""
+    return REPORTS / "interactive" / study
+
+
+def by_hand() -> bool:
+    """True while a notebook run by hand writes its outputs to reports/interactive/ (tlrepro.reports.nbsetup)."""
+    stage = staging_dir()
+    return stage is not None and stage.resolve().parent == (REPORTS / "interactive").resolve()
+
+
 def study_output(relative_path: str | Path) -> Path:
     """Where a study writes one of its outputs (relative to the project root): staged while `tlrepro run` runs."""
     stage = staging_dir()
@@ -139,6 +150,7 @@ def study_outputs(study: str) -> dict[str, str]:
         "details": f"reports/metrics/{study}.details.json",
         "timings": f"reports/timings/{study}.json",
         "plots": f"reports/plots/{study}",
+        "training": f"reports/training/{study}",  # DVCLive: one folder per fit (tlrepro.modeling.training.StageLive)
         "models": f"models/{study}",
     }
 

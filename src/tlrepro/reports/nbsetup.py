@@ -45,11 +45,6 @@ def setup_notebook(quiet_keras: bool = True) -> Path:
     return paths.PROJECT_ROOT
 
 
-def interactive_dir(study: str) -> Path:
-    """Where a notebook run by hand (JupyterLab's Run All, Colab) writes its outputs: never DVC's own."""
-    return paths.REPORTS / "interactive" / study
-
-
 def open_study(study: str, params_file: str = "params.yaml"):
     """The opening of every study notebook: setup, then the study's settings, its data and its leakage audit.
 
@@ -57,7 +52,7 @@ def open_study(study: str, params_file: str = "params.yaml"):
     reports/interactive/<study>/, which neither git nor DVC tracks, so a hand run never changes what DVC recorded.
     """
     if paths.staging_dir() is None:
-        os.environ[paths.STAGING_ENV] = str(interactive_dir(study))
+        os.environ[paths.STAGING_ENV] = str(paths.interactive_dir(study))
     setup_notebook()
     from tlrepro.reports import sections
     from tlrepro.studies import base
@@ -74,7 +69,7 @@ def finish(study: str) -> None:
     from IPython.display import Markdown, display
 
     staged = paths.staging_dir()
-    if staged is not None and staged.resolve() == interactive_dir(study).resolve():
+    if staged is not None and paths.by_hand():
         display(Markdown(
             f"**This notebook was run by hand:** its models, metrics and plots are in "
             f"`{paths.relative(staged)}/`, apart from DVC's outputs, which it left as they were. For the "
