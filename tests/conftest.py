@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -210,8 +210,31 @@ BREAKHIS_PATIENTS = [
 ]
 
 
-def build_breakhis_tree(folder: Path, per_patient: int = 5, *, stained: bool = False) -> dict:
-    """BreakHis's layout: <class>/SOB/<subtype>/SOB_<B|M>_<code>_<patient>/<mag>X/SOB_..-<mag>-<n>.png.
+# The generated tree's Folds.csv: per fold, the patient folders on its test side (the others train). Like the
+# dataset's own folds they are repeated splits, not a partition: 14-12312 is tested in three folds, 14-10147 in
+# none, and folders 22549AB and 22549CD (one accession) sit on the two sides of folds 1, 3 and 5.
+BREAKHIS_TEST_FOLDERS = {1: ("14-22549CD", "14-12312"), 2: ("14-3411F", "14-16196"), 3: ("14-22549CD", "14-16196"),
+                         4: ("14-9133", "14-12312"), 5: ("14-22549AB", "14-12312")}
+
+
+def write_folds_csv(folder: Path, test_folders: dict[int, tuple[str, ...]] = BREAKHIS_TEST_FOLDERS,
+                    extra_lines: tuple[str, ...] = ()) -> Path:
+    """`folder`/Folds.csv in Kaggle's layout (fold, mag, grp, filename), listing every BreakHis-named image under
+    `folder` in every fold, then `extra_lines` as written (rows for absent images, broken rows)."""
+    images = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("SOB_*-*.png"))
+    lines = ["fold,mag,grp,filename"]
+    for fold, tested in test_folders.items():
+        for image in images:
+            _, year, number, mag, _ = PurePosixPath(image).stem.split("-")  # SOB_B_A-14-22549AB-100-001
+            lines.append(f"{fold},{mag},{'test' if f'{year}-{number}' in tested else 'train'},{image}")
+    path = folder / "Folds.csv"
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path
+
+
+def build_breakhis_tree(folder: Path, per_patient: int = 5, *, stained: bool = False, folds: bool = True) -> dict:
+    """BreakHis's layout: <class>/SOB/<subtype>/SOB_<B|M>_<code>_<patient>/<mag>X/SOB_..-<mag>-<n>.png, and the
+    download's Folds.csv beside it (write_folds_csv; `folds=False` leaves it out).
 
     `stained`: H&E-like images (he_image), each patient's slide stained a little differently, for stain
     normalization; else smooth random pictures."""
@@ -233,7 +256,9 @@ def build_breakhis_tree(folder: Path, per_patient: int = 5, *, stained: bool = F
                 else:
                     write_image(path, seed)
     write_image(folder / "BreaKHis_v1/histology_slides/breast/benign/SOB/adenosis/stray.png", 1)
-    return {"images": 8 * per_patient, "patients": 7, "accessions": 6, "rejected": 1}
+    if folds:
+        write_folds_csv(folder)
+    return {"images": 8 * per_patient, "patients": 7, "accessions": 6, "rejected": 1 + folds}  # + Folds.csv
 
 
 def build_lc25000_tree(folder: Path, per_class: int = 4) -> dict:

@@ -57,7 +57,9 @@ def set_params(project: Path, edit) -> None:
 
 @pytest.fixture
 def breakhis(tmp_project):
+    """12 accessions, 16 folders, no Folds.csv: kumar2022 without its `official` protocol (test_official_folds.py)."""
     images = breakhis_folders(tmp_project / "data/raw/breakhis")
+    set_params(tmp_project, lambda p: p["studies"]["kumar2022"]["protocols"].pop("official"))
     prepare_dataset("breakhis")
     return images
 
@@ -167,7 +169,7 @@ def test_without_a_folds_file_prepare_warns_and_the_folds_protocol_says_what_to_
     assert "Folds.csv" in warnings and "grouped_kfold" in warnings
     set_params(tmp_project, lambda p: p["studies"]["kumar2022"]["protocols"].update(
         patient={"method": "folds", "val": 0.15}))
-    with pytest.raises(UserError, match="method `folds` needs the dataset's own folds file"):
+    with pytest.raises(UserError, match="method `folds` needs the dataset's own folds in its index, and it has none"):
         write_study_split("kumar2022")
 
 

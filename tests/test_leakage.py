@@ -138,3 +138,18 @@ def test_dataset_overlap_counts_exact_and_near_copies():
     report = dataset_overlap({"a": a, "b": b}, max_distance=4)
     assert report["matrix"]["a"]["b"] == {"images": 3, "exact": 1, "near": 2}
     assert report["matrix"]["b"]["a"]["near"] == 2 and report["matrix"]["a"]["a"]["images"] == 3
+
+
+def test_groups_straddling_test_and_training_are_counted_per_fold_and_summed():
+    from tlrepro.data.leakage import audit_folds, summary_line
+
+    # fold 1: accession a has a folder on train and another on test (a straddles); b only on val and test (b too);
+    # fold 2: a is on test only, c on train only, d on val only: nothing straddles
+    one = frame_with(FAR, ["train", "test", "val", "test", "train"], patients=list("aabbc")).assign(fold="1")
+    two = frame_with(FAR, ["test", "test", "train", "val", "val"], patients=list("aacdd")).assign(fold="2")
+    report = audit_folds([one, two], group="patient")
+    assert report["patients_straddling_by_fold"] == {"1": 2, "2": 0} and report["patients_straddling"] == 2
+    assert report["by_fold"]["1"]["patients_straddling"] == 2
+    assert report["patients_on_several_sides"] == 2
+    assert "2 patients straddling test and training (summed over folds)" in summary_line(report)
+    assert audit(one.iloc[[0, 4]], group="patient")["patients_straddling"] == 0  # no test side

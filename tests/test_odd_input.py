@@ -409,7 +409,7 @@ def test_the_report_shows_the_data_warnings_and_the_missing_magnifications(tmp_p
 
     from tlrepro.reports import sections
 
-    build_breakhis_tree(paths.raw_dir("breakhis"))
+    build_breakhis_tree(paths.raw_dir("breakhis"), folds=False)
     prepare_dataset("breakhis")
     study = SimpleNamespace(dataset="breakhis", paper={"rows": {"DenseNet": {"image_accuracy_40x": 0.7,
                                                                              "patient_accuracy_400x": 0.8,

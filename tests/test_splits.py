@@ -149,8 +149,10 @@ def test_write_study_split_files(breakhis_raw, tmp_project):
     csv, report = paths.split_csv("kumar2022"), paths.leakage_json("kumar2022")
     first = csv.read_bytes(), report.read_bytes()
     written = read_split("kumar2022")
-    # the split by image, then five folds of the patient cross-validation (every image in each fold)
-    assert len(written) == len(frame) == (1 + 5) * breakhis_raw["images"]
+    # the split by image, the dataset's five folds (every image listed in each) and five folds of the patient
+    # cross-validation (every image in each fold)
+    assert len(written) == len(frame) == (1 + 5 + 5) * breakhis_raw["images"]
+    assert list(written["protocol"].unique()) == ["image", "official", "patient"]
     assert list(written.columns[:8]) == ["protocol", "fold", "side", "view", "path", "label", "class_index", "group"]
     assert {"patient", "accession", "subtype", "magnification", "sha256", "phash", "train_match"} <= set(written.columns)
     audit = json.loads(report.read_text())

@@ -28,8 +28,10 @@ def edit_params(project, edit) -> None:
 def tiny_kumar(params: dict) -> None:
     kumar = params["studies"]["kumar2022"]
     kumar["protocols"]["patient"]["k"] = 3
+    kumar["protocols"].pop("official")  # the dataset's folds: five more trainings (tests/test_official_folds.py)
     kumar["defaults"].update(image_size=32, weights="random", batch_size=8, epochs=2)
     kumar["rows"] = {"VGG16": {**kumar["rows"]["VGG16"], "backbone": "TinyCNN"}}
+    kumar["repeats"] = 1  # params.yaml's head seeds: tests/test_significance.py runs them
     params["evaluation"]["bootstrap_resamples"] = 100
 
 

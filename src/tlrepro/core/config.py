@@ -374,6 +374,7 @@ class Serve(Strict):
     default_model: str | None = None
     max_upload_mb: Annotated[float, Field(gt=0, le=200)] = 10.0  # checked before any decoding
     max_pixels: Annotated[int, Field(ge=1024, le=200_000_000)] = 40_000_000  # decompression-bomb guard
+    min_image_side: Annotated[int, Field(ge=1, le=4096)] = 32  # smaller images get a 422 (serve and predict)
     max_batch: Annotated[int, Field(ge=1, le=512)] = 16  # requests that arrive together share one model call
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0  # how long a request waits for others to join
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 32  # requests waiting per model (and for decoding)
@@ -410,6 +411,9 @@ class Compute(Strict):
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
     jit_compile: Literal["auto", "on", "off"] = "auto"
+    # multi_worker: how long `tlrepro run` (and each worker's kernel) waits for every other worker in TF_CONFIG
+    # to accept a connection before it stops, naming the unreachable address (tlrepro.modeling.compute)
+    worker_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class Params(Strict):
@@ -452,10 +456,22 @@ class Params(Strict):
                                      f"`pretraining` entry ({', '.join(self.pretraining) or 'there is none'})")
             for pname, protocol in study.protocols.items():
                 self._check_cap(f"studies.{study_id}.protocols.{pname}", protocol)
+                self._check_folds(f"studies.{study_id}.protocols.{pname}", protocol, study.dataset)
         for key, entry in self.pretraining.items():
             entry.row(key)
             self._check_cap(f"pretraining.{key}.split", entry.split)
+            self._check_folds(f"pretraining.{key}.split", entry.split, entry.dataset)
         return self
+
+    def _check_folds(self, where: str, protocol: Split, dataset: str) -> None:
+        """`method: folds` takes the dataset's own folds file: the dataset (or a derived one's source) must name it."""
+        if protocol.method != "folds":
+            return
+        source = self.derived[dataset].source if dataset in self.derived else dataset
+        if not self.datasets[source].folds_file:
+            raise ValueError(f"{where} is method `folds` (the dataset's own folds), but datasets.{source}.folds_file "
+                             f"is not set: name the download's folds file (BreakHis: Folds.csv), or use method "
+                             f"grouped_kfold")
 
     def _check_cap(self, where: str, protocol: Split) -> None:
         """A per-class cap must leave at least one image of each class on every side the protocol has."""
@@ -495,6 +511,16 @@ class Params(Strict):
         if wanted is None:
             raise ValueError(f"row `{row.name}` has no epoch count (a grid row: pass the budget)")
         return int(min(c for c in (wanted, row.max_epochs, self.scale.max_epochs) if c))
+
+    def capped_epochs(self, row: Row, grid: Grid | None = None) -> dict[str, Any] | None:
+        """The epochs a row ran (`ours`) of the paper's when a cap (its `max_epochs`, the quick pass's
+        `scale.max_epochs`) cut them short, else None; a grid row's cells each run their budget, capped."""
+        wanted = [row.epochs] if row.epochs else list(grid.epochs) if grid else []
+        ran = sorted({self.epochs(row, e) for e in wanted})
+        if ran == sorted(set(wanted)):
+            return None
+        return {"ours": ran[0] if len(ran) == 1 else ", ".join(map(str, ran)),
+                "paper": row.epochs or "the grid's " + ", ".join(map(str, wanted))}
 
 
 def _suggest(name: str, known: list[str]) -> str:

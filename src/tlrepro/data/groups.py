@@ -1,5 +1,5 @@
-"""Whole groups to sides: one grouped split, k grouped folds, the dataset's own folds, and validation groups carved
-from a fold's training groups.
+"""Whole groups to sides: one grouped split, k grouped folds (a partition: every group tested once), the dataset's
+own folds (repeated splits, as its file gives them), and validation groups carved from a fold's training groups.
 
 A group is the unit that must never sit on two sides: a patient folder, an accession number (several BreakHis
 folders are slides of one accession), or a cluster of rotated and flipped copies of one image
@@ -87,14 +87,25 @@ def grouped_kfold(frame: pd.DataFrame, groups: pd.Series, k: int, seed: int, whe
     return out
 
 
-def dataset_folds(frame: pd.DataFrame, where: str) -> list[pd.Series]:
-    """The dataset's own folds (index columns `dataset_fold_<n>`): train/test per fold, None where unlisted."""
+def dataset_folds(frame: pd.DataFrame, where: str) -> dict[str, pd.Series]:
+    """The dataset's own folds (index columns `dataset_fold_<n>`), keyed by the file's fold number: train/test per
+    image, None where the fold does not list it. They are repeated splits: an image may be tested in several folds
+    or in none. A fold that lists none of these images is refused (it could train nothing)."""
     columns = dataset_folds_file.fold_columns(frame)
     if not columns:
-        raise UserError(f"{where}: method `folds` needs the dataset's own folds file in its index: set "
-                        f"`datasets.<key>.folds_file` (BreakHis: Folds.csv) and re-run prepare, or use "
-                        f"method grouped_kfold.")
-    return [frame[c].replace("", None) for c in columns]
+        raise UserError(f"{where}: method `folds` needs the dataset's own folds in its index, and it has none: the "
+                        f"file `datasets.<key>.folds_file` names (BreakHis: Folds.csv) was not in the download (see "
+                        f"prepare's warning); restore it and re-run prepare, or use method grouped_kfold.")
+    out = {}
+    for column in columns:
+        fold = dataset_folds_file.fold_number(column)
+        sides = frame[column].replace("", None)
+        if sides.isna().all():
+            raise UserError(f"{where}: fold {fold} of the dataset's folds file lists none of the {len(frame):,} images "
+                            f"of this split (see the `folds_partial` warning of prepare): use the full download, or "
+                            f"method grouped_kfold.")
+        out[fold] = sides
+    return out
 
 
 def carve_validation(frame: pd.DataFrame, sides: pd.Series, groups: pd.Series, val: float, seed: int) -> pd.Series:

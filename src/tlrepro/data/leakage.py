@@ -117,7 +117,8 @@ def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | list[s
     """Counts of exact, near and dihedral pairs and of shared groups for every pair of sides, plus examples.
 
     `group` names one or more group columns (e.g. accession and patient): each gets `<column>s_shared` per pair
-    of sides and `<column>s_on_several_sides`."""
+    of sides, `<column>s_on_several_sides` and `<column>s_straddling` (groups on the test side that also have an
+    image on the train or validation side: 22549AB on train and 22549CD, the same accession, on test)."""
     group_columns = [group] if isinstance(group, str) else list(group or [])
     frame = with_hashes(frame)
     sides = sides_of(frame, side_column)
@@ -150,6 +151,9 @@ def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | list[s
         several = {str(g): sorted(v, key=sides.index) for g, v in on_sides.items() if len(v) > 1}
         report[f"{column}s"] = int(frame[column].nunique())
         report[f"{column}s_on_several_sides"] = len(several)
+        # straddling: a group with an image on the test side and another on a training side (train or val)
+        tested = set(frame.loc[frame[side_column] == "test", column])
+        report[f"{column}s_straddling"] = len(tested & set(frame.loc[frame[side_column].isin(("train", "val")), column]))
         examples[f"{column}s"] = dict(sorted(several.items())[:MAX_EXAMPLES])
     report["examples"] = {k: v[:MAX_EXAMPLES] if isinstance(v, list) else v for k, v in examples.items()}
     return report
@@ -157,13 +161,17 @@ def audit(frame: pd.DataFrame, *, side_column: str = "side", group: str | list[s
 
 def audit_folds(folds: list[pd.DataFrame], *, group: list[str] | None = None, max_distance: int = 4) -> dict:
     """`audit` of one split, or of every fold of a cross-validation summed over folds (counts of pairs and of
-    groups across sides add up; each fold's own audit is kept under `by_fold`)."""
+    groups across sides add up; each fold's own audit is kept under `by_fold`, and the groups straddling each fold,
+    on its test side and a training side, under `<column>s_straddling_by_fold`)."""
     if len(folds) == 1:
         return audit(folds[0], group=group, max_distance=max_distance)
     each = {str(f["fold"].iloc[0]): audit(f, group=group, max_distance=max_distance) for f in folds}
     first = next(iter(each.values()))
-    report = {k: (sum(a[k] for a in each.values()) if k.endswith(("_pairs", "_on_several_sides")) else v)
+    summed = ("_pairs", "_on_several_sides", "_straddling")
+    report = {k: (sum(a[k] for a in each.values()) if k.endswith(summed) else v)
               for k, v in first.items() if not isinstance(v, dict)}
+    for key in [k for k in first if k.endswith("_straddling")]:  # per fold too: the dataset's folds differ
+        report[f"{key}_by_fold"] = {f: a[key] for f, a in each.items()}
     report["images"] = int(pd.concat(folds)["path"].nunique())
     report["images_per_side"] = {s: sum(a["images_per_side"].get(s, 0) for a in each.values())
                                  for s in first["images_per_side"]}
@@ -221,6 +229,8 @@ def summary_line(report: dict) -> str:
              f"{report['dihedral_copy_pairs']} same up to a rotation or flip"]
     line = "leakage: duplicate pairs across sides: " + ", ".join(parts)
     shared = [f"{v} {k.replace('_', ' ')}" for k, v in report.items() if k.endswith("_on_several_sides")]
+    shared += [f"{v} {k.removesuffix('_straddling')} straddling test and training" + (" (summed over folds)" if
+               report.get("by_fold") else "") for k, v in report.items() if k.endswith("_straddling") and v]
     return line + (f"; {', '.join(shared)}" if shared else "")
 
 
