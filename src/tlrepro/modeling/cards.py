@@ -3,7 +3,8 @@
 The card says everything needed to use the model without the pipeline: backbone and weights source (with
 the weights file's sha256), head, input size and colour range, preprocessing (inside the model), the steps
 done to an image before the model (`before_model`: e.g. stain normalization with its fitted reference),
-class names, decision threshold, training settings, data and split fingerprints, headline metrics, and the
+class names, decision threshold, training settings, data and split fingerprints, headline metrics, the run
+that trained it (`run`: git commit, DVC experiment, date, versions, hardware; tlrepro.core.identity), and the
 perceptual hashes of the images that shaped the model: training, validation (it chose the epoch) and, for
 an `init_from` model, pretraining images (so predictions can say whether an image was seen).
 It also holds the sha256 of the .keras file: a card that does not match its model is refused, and so is a
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tlrepro.core import fileio, paths
+from tlrepro.core import fileio, identity, paths
 from tlrepro.core.errors import UserError
+from tlrepro.modeling import compute
 
 if TYPE_CHECKING:
     import keras
@@ -40,7 +42,9 @@ def save(model: keras.Model, path: Path | str, card: dict[str, Any]) -> tuple[Pa
         model.save(tmp, overwrite=True)
         digest = fileio.file_sha256(tmp)
     card_path = paths.card_of(path)
-    fileio.write_json(card_path, {**card, "format": CARD_FORMAT, "model_file": path.name, "model_sha256": digest})
+    run = card.get("run") or identity.current(compute.current().gpus)  # the run that trained it
+    fileio.write_json(card_path, {**card, "run": run, "format": CARD_FORMAT, "model_file": path.name,
+                                  "model_sha256": digest})
     return path, card_path
 
 
