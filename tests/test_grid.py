@@ -143,3 +143,17 @@ def test_a_larger_budget_holding_the_same_heads_is_not_the_runner_up():
     top = grid.ranked(same).iloc[0]
     assert (top["learning_rate"], top["epochs"]) == (1e-3, 10)
     assert grid.margin(same, top)["runner_up"]["learning_rate"] == 1e-4
+
+
+def test_dvclive_logs_each_learning_rates_recorded_epochs_mean_over_seeds(tmp_path):
+    x, y = data(30)
+    x_val, y_val = data(10, seed=1)
+    heads = grid.ParallelHeads(HEAD, x.shape[1], [3, 4], [1e-3, 5e-2])
+    run = grid.train_grid(heads, x, y, x_val, y_val, x_val, epochs=3, batch_size=8, record={1, 3})
+    grid.log_epochs(tmp_path / "live", run, [1e-3, 5e-2])
+    logged = pd.read_csv(tmp_path / "live/plots/metrics/lr_0.05/eval/accuracy.tsv", sep="\t")
+    assert list(logged.columns) == ["step", "accuracy"] and list(logged["step"]) == [0, 2]  # epochs 1 and 3 only
+    np.testing.assert_allclose(logged["accuracy"], run.val_accuracy[[0, 2], :, 1].mean(axis=1))
+    loss = pd.read_csv(tmp_path / "live/plots/metrics/lr_0.001/eval/loss.tsv", sep="\t")
+    np.testing.assert_allclose(loss["loss"], run.val_loss[[0, 2], :, 0].mean(axis=1))
+    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["metrics.json", "plots"]  # no dvc.yaml, no report

@@ -215,3 +215,39 @@ def test_long_loops_show_progress_in_the_terminal_not_in_the_notebook(monkeypatc
     progress.to_terminal("[VGG16] epoch 1/2: loss 0.5")
     assert "VGG16 features" in terminal.getvalue() and "3/3" in terminal.getvalue()
     assert "epoch 1/2" in terminal.getvalue() and notebook.getvalue() == ""
+
+
+def live_files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dvclive_writes_every_epoch_of_a_fit_the_same_bytes_for_the_same_seed(split_frame, tmp_path):
+    """`live`: DVCLive's folder per fit, per-epoch TSVs (step, value: no timestamp) and the last epoch in
+    metrics.json; nothing else (no dvc.yaml, no report), and the same bytes when the same seed trains again."""
+    results, folders = [], [tmp_path / "live" / "a", tmp_path / "live" / "b"]
+    for folder in folders:
+        training.seed_everything(7)
+        results.append(fit(classifier(WHOLE_LAYER), split_frame, seed=7, epochs=3, live=folder))
+    files = live_files(folders[0])
+    assert files == live_files(folders[1])
+    assert set(files) == {"metrics.json", "plots/metrics/train/loss.tsv", "plots/metrics/train/accuracy.tsv",
+                          "plots/metrics/eval/loss.tsv", "plots/metrics/eval/accuracy.tsv"}
+    history = results[0].history
+    logged = pd.read_csv(folders[0] / "plots/metrics/eval/accuracy.tsv", sep="\t")
+    assert list(logged.columns) == ["step", "accuracy"] and list(logged["step"]) == [0, 1, 2]
+    np.testing.assert_allclose(logged["accuracy"], history["val_accuracy"])
+    import json
+
+    summary = json.loads(files["metrics.json"])
+    assert summary == {"train": {"loss": pytest.approx(history["loss"].iloc[-1]),
+                                 "accuracy": pytest.approx(history["accuracy"].iloc[-1])},
+                       "eval": {"loss": pytest.approx(history["val_loss"].iloc[-1]),
+                                "accuracy": pytest.approx(history["val_accuracy"].iloc[-1])}, "step": 2}
+
+
+def test_dvclive_logs_the_cached_validation_of_a_model_that_trains_on_images(split_frame, tmp_path):
+    clf = classifier(WHOLE_LAYER, augmentation={"flip": "horizontal"})
+    result = fit(clf, split_frame, live=tmp_path / "live")
+    assert not result.cached
+    logged = pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")
+    np.testing.assert_allclose(logged["loss"], result.history["val_loss"])

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
 
-from tlrepro.core import progress
+from tlrepro.core import paths, progress
 from tlrepro.core.config import Row
 from tlrepro.data.labels import predicted_positive
 from tlrepro.data.tfdata import array_dataset, fit_orders, image_dataset
@@ -94,10 +97,38 @@ def callbacks_of(row: Row) -> list[keras.callbacks.Callback]:
     return made
 
 
+class StageLive(Live):
+    """DVCLive for one fit inside a DVC stage: its folder (per-epoch TSVs under plots/metrics/{train,eval}/, the
+    last epoch in metrics.json, no timestamps) and nothing else, whoever runs it (dvc repro, dvc exp run, a test).
+
+    The stage's own dvc.yaml declares the folder, so DVCLive writes no dvc.yaml, saves no experiment, opens no
+    DVC repository (inside `dvc exp run` its end() would `git add` untracked files under its folder: the staging
+    folder's) and posts nothing to Studio."""
+
+    def __init__(self, directory: Path | str) -> None:
+        super().__init__(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
+
+    def _init_dvc(self) -> None:  # no repository: see the class docstring
+        pass
+
+    def _init_studio(self) -> None:
+        self._studio_events_to_skip = {"start", "data", "done"}
+
+    def post_data_to_studio(self) -> None:
+        pass
+
+
+def log_folder(study: str, *parts: str) -> Path:
+    """A fit's DVCLive folder: reports/training/<study>/<parts>, e.g. [<protocol>/]<row>[/fold<k>] (staged while
+    `tlrepro run` runs; empty parts are left out)."""
+    return paths.study_output(f"{paths.study_outputs(study)['training']}/" + "/".join(p for p in parts if p))
+
+
 class EpochLog(keras.callbacks.Callback):
     """One short line per epoch (at most ~12 lines per fit) in the notebook, and every epoch in the terminal.
 
-    The notebook keeps the log; the HTML report leaves it out (curves and tables show it there)."""
+    DVCLive writes every epoch's figures to files; this line is what a person reads while the notebook runs (the
+    notebook keeps it; the HTML report leaves it out: curves and tables show it there)."""
 
     def __init__(self, name: str, epochs: int) -> None:
         super().__init__()
@@ -186,8 +217,10 @@ class TrainResult:
 def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataFrame, *,
           train_labels: np.ndarray, val_labels: np.ndarray, epochs: int, seed: int,
           learning_rate: float | None = None, name: str = "train", use_cache: bool = True,
-          budgets: list[int] | None = None, log: bool = True) -> TrainResult:
-    """Fit the classifier on `train_frame`, validating on `val_frame` (may be empty).
+          budgets: list[int] | None = None, log: bool = True, live: Path | str | None = None,
+          views_seed: int | None = None) -> TrainResult:
+    """Fit the classifier on `train_frame`, validating on `val_frame` (may be empty); with `live`, DVCLive
+    writes every epoch's figures into that folder (StageLive).
 
     The classifier's trainable layers must already be set (models.set_trainable).
     """
@@ -207,8 +240,9 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
         model = frozen.trainer
         y_train, y_val = targets(train_labels, model), targets(val_labels, model)
         if row.augmentation_views:
+            # `views_seed`: head seeds share the study seed's augmented views (and so its cached features)
             views, hit = fc.extract_views(frozen, train_frame, classifier=classifier, views=row.augmentation_views,
-                                          seed=seed, batch_size=batch)
+                                          seed=seed if views_seed is None else views_seed, batch_size=batch)
             computed |= not hit
             train_ds, steps = _cycle_views(views, y_train, batch, seed, explicit)
             path = f"cached augmented views ({row.augmentation_views})"
@@ -241,6 +275,8 @@ def train(classifier: Classifier, train_frame: pd.DataFrame, val_frame: pd.DataF
         path = "images"
     feature_seconds = time.perf_counter() - started if computed else 0.0
 
+    if live is not None:  # last: it logs what CachedValidation and ReduceLROnPlateau put in the logs
+        callbacks.append(DVCLiveCallback(live=StageLive(live)))
     compile_model(model, row, learning_rate)
     tf.random.set_seed(seed)  # same shuffles and dropout masks whatever ran before
     started = time.perf_counter()

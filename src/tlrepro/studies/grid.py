@@ -31,7 +31,7 @@ import tensorflow as tf
 from tlrepro.core.config import EarlyStopping, HeadLayer, Row
 from tlrepro.core.errors import UserError
 from tlrepro.data.labels import predicted_positive
-from tlrepro.modeling import compute, models
+from tlrepro.modeling import compute, models, training
 from tlrepro.modeling import frozen_cache as fc
 from tlrepro.results import metrics
 from tlrepro.studies.base import Study, card_for
@@ -223,6 +223,21 @@ def train_grid(heads: ParallelHeads, x_train: np.ndarray, y_train: np.ndarray, x
                    time.perf_counter() - started, snapshots)
 
 
+def log_epochs(folder: Any, run: GridRun, learning_rates: list[float]) -> None:
+    """Through DVCLive (training.StageLive), every recorded epoch's validation accuracy and loss per learning rate,
+    mean over the head seeds (metrics lr_<rate>/eval/accuracy and /loss; step = epoch - 1, as DVCLive's Keras
+    callback counts). Without early stopping only the budgets' epochs are recorded, so only those are logged."""
+    live = training.StageLive(folder)
+    for epoch in range(len(run.val_accuracy)):
+        if np.isnan(run.val_accuracy[epoch]).all():
+            continue
+        live.step = epoch
+        for j, rate in enumerate(learning_rates):
+            live.log_metric(f"lr_{float(rate):g}/eval/accuracy", float(np.mean(run.val_accuracy[epoch][:, j])))
+            live.log_metric(f"lr_{float(rate):g}/eval/loss", float(np.mean(run.val_loss[epoch][:, j])))
+    live.end()
+
+
 def evaluated_epoch(run: GridRun, budget: int, early_stopping: EarlyStopping | None) -> np.ndarray:
     """(S, L) 0-based epoch whose weights a head holds after training to `budget` epochs: the budget's last
     epoch, or with early stopping (restore_best_weights) the best monitored epoch up to the budget/stop."""
@@ -279,6 +294,7 @@ def run_backbone(study: Study, name: str) -> BackboneGrid:
     run = train_grid(heads, feats["train"], y["train"], feats["val"], y["val"], feats["test"],
                      epochs=max(budgets), batch_size=row.batch_size, early_stopping=row.early_stopping,
                      record=set(budgets))
+    log_epochs(training.log_folder(study.id, name), run, grid.learning_rates)
 
     records = []
     for budget in budgets:

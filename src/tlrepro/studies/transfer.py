@@ -21,6 +21,12 @@ from tlrepro.data.splits import cap_per_class, split_protocol
 from tlrepro.modeling import backbones, cards, compute, models, training
 from tlrepro.results import metrics
 from tlrepro.studies.base import check_finite
+from tlrepro.studies.outputs import runs_table
+
+
+def training_log(key: str) -> Path:
+    """The pretraining entry's DVCLive folder (its stage's output, as is its per-epoch chart)."""
+    return paths.REPORTS / "training" / "pretraining" / key
 
 
 def pretrain(key: str) -> Path:
@@ -52,7 +58,7 @@ def pretrain(key: str) -> Path:
         started = time.perf_counter()
         result = training.train(classifier, train, val, train_labels=lab.encode(train["label"], classes),
                                 val_labels=lab.encode(val["label"], classes), epochs=params.epochs(row),
-                                seed=params.seed, name=key)
+                                seed=params.seed, name=key, live=training_log(key))
         probs, _ = training.predict(classifier, val, use_cache=False)
     check_finite(probs, f"pretraining.{key}.model", "validation")
     e = params.evaluation
@@ -84,6 +90,7 @@ def pretrain(key: str) -> Path:
         "before_model": derive.input_steps(entry.dataset),
     }
     path, _ = cards.save(classifier.model, paths.pretrained_model(key), card)
+    fileio.write_csv(paths.PLOTS / "pretraining" / key / "epochs.csv", runs_table([result.history.assign(run=key)]))
     print(f"{key}: {result.epochs_run} epochs in {result.seconds:.0f} s on {len(train)} {entry.dataset} images "
           f"({', '.join(classes)}); validation accuracy {figures['accuracy']:.4f} on {len(val)}; wrote "
           f"{paths.relative(path)}")
