@@ -36,7 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, cap_sides, make_parser, ratio, run_main, side_counts  # noqa: E402
+from _common import Table, cap_sides, make_parser, ratio, run_main, side_counts, smoke_options  # noqa: E402
 
 STUDY = "kumar2022"
 
@@ -82,6 +82,7 @@ def train_once(study, row, frames: dict, epochs: int, cache_root: Path, label: s
 
 
 def run(args: argparse.Namespace, cache_root: Path) -> None:
+    smoke_options(args, max_images=2, epochs=1, views=2, rows=None)
     from tlrepro.core import config
     from tlrepro.core.errors import UserError
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, cap_sides, make_parser, ratio, run_main, side_counts  # noqa: E402
+from _common import Table, cap_sides, make_parser, ratio, run_main, side_counts, smoke_options  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
+    smoke_options(args, max_images=2, epochs=1)
     from tlrepro.core import config
     from tlrepro.core.errors import UserError
 

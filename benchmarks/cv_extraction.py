@@ -1,6 +1,6 @@
 """What a cross-validation costs in frozen-feature extraction against one split, with the per-image store.
 
-    python benchmarks/cv_extraction.py [--study kumar2022] [--row VGG16] [--protocol patient]
+    python benchmarks/cv_extraction.py [--study kumar2022] [--row VGG16] [--protocol patient] [--smoke]
 
 For the row's frozen backbone (augmentation left out: plain features), the features of every side of one split
 (the study's first protocol) are extracted into an empty store, then those of every fold of the cross-validated
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import make_parser, run_main
+from _common import make_parser, run_main, smoke_project
 
 
 def extract_all(frames, classifier, frozen, batch: int, store: Path) -> tuple[float, int]:
@@ -38,7 +38,7 @@ def main() -> None:
     from tlrepro.modeling import models
     from tlrepro.studies import base
 
-    study = base.load_study(args.study)
+    study = base.load_study(args.study, smoke_project() if args.smoke else None)  # smoke: TinyCNN, 32 px
     row = study.row(args.row).model_copy(update={"augmentation": None, "augmentation_views": None})
     classifier = models.build_classifier(row, classes=study.classes, seed=study.seed)
     models.set_trainable(classifier, 0)

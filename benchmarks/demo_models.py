@@ -13,8 +13,8 @@ and its test figures on the test/ folder (the lin2024 / sarker2025 test side). S
 
 Options: `--skin DIR` (default data/raw/skin, else $KAGGLE_MIRROR/fanconic/skin-cancer-malignant-vs-benign),
 `--backbones NAME ...`, `--per-class N` (default 40), `--val-per-class N` (default 20), `--epochs N` (head
-epochs, default 30), `--out DIR`, `--seed N`. These are demonstration models (a few dozen training images),
-not a study's results.
+epochs, default 30), `--out DIR`, `--seed N`, `--smoke` (a TinyCNN at 32 px on generated pictures, seconds).
+These are demonstration models (a few dozen training images), not a study's results.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import make_parser, run_main
+from _common import make_parser, run_main, smoke_folder, smoke_pictures
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 224
+SIZE = 224  # the studies' input size (`--smoke`: 32, a TinyCNN with random weights)
 
 
 def skin_folder(given: Path | None) -> Path:
@@ -50,7 +50,7 @@ def labelled(folder: Path) -> list[tuple[Path, int]]:
                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def arrays(items: list[tuple[Path, int]]):
+def arrays(items: list[tuple[Path, int]], size: int = SIZE):
     import numpy as np
 
     from tlrepro.data.images import decode_image, inspect_bytes
@@ -58,7 +58,7 @@ def arrays(items: list[tuple[Path, int]]):
     pixels, labels, hashes = [], [], []
     for path, label in items:
         data = path.read_bytes()
-        array, _, ok, _ = decode_image(data, SIZE)
+        array, _, ok, _ = decode_image(data, size)
         if ok:
             pixels.append(array)
             labels.append(label)
@@ -66,16 +66,17 @@ def arrays(items: list[tuple[Path, int]]):
     return np.stack(pixels).astype("float32"), np.array(labels), hashes
 
 
-def build(backbone: str, train, val, test, epochs: int, seed: int, out: Path) -> Path:
+def build(backbone: str, train, val, test, epochs: int, seed: int, out: Path, size: int = SIZE,
+          weights: str = "imagenet") -> Path:
     import keras
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     from tlrepro.core.config import RowSettings, resolve_row
     from tlrepro.data.labels import BINARY_CLASSES
-    from tlrepro.modeling import cards, models
+    from tlrepro.modeling import backbones, cards, models
 
     row = resolve_row(backbone, RowSettings(), RowSettings(
-        backbone=backbone, weights="imagenet", image_size=SIZE, batch_size=16, learning_rate=1e-3, epochs=epochs,
+        backbone=backbone, weights=weights, image_size=size, batch_size=16, learning_rate=1e-3, epochs=epochs,
         head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
     clf = models.build_classifier(row, classes=BINARY_CLASSES, seed=seed)
     models.set_trainable(clf, 0)
@@ -92,9 +93,9 @@ def build(backbone: str, train, val, test, epochs: int, seed: int, out: Path) ->
                "f1": float(f1_score(test[1], test_probs >= 0.5)), "roc_auc": float(roc_auc_score(test[1], test_probs)),
                "n": len(test[1])}
     card = {"name": f"demo/{backbone}", "study": "demo", "row": backbone, "seed": seed, "backbone": backbone,
-            "weights": models.weights_provenance(backbone, "imagenet", SIZE), "image_size": SIZE,
+            "weights": backbones.weights_provenance(backbone, weights, size), "image_size": size,
             "input": {"color": "RGB", "range": [0, 255], "resize": "bilinear", "dtype": "float32"},
-            "preprocessing": models.backbone_spec(backbone).preprocessing, "classes": list(BINARY_CLASSES),
+            "preprocessing": backbones.backbone_spec(backbone).preprocessing, "classes": list(BINARY_CLASSES),
             "positive_class": "malignant", "threshold": 0.5, "head": [{"pool": "avg"}, {"dense": 1}],
             "training": {"images": len(train[1]), "epochs": epochs, "note": "benchmarks/demo_models.py: a "
                          "demonstration model, head fitted on a few skin images"},
@@ -116,10 +117,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/demo-models")
     args = parser.parse_args()
+    size, weights = SIZE, "imagenet"
+    if args.smoke:  # 4 + 2 generated pictures per class, a TinyCNN, one epoch
+        size, weights, args.backbones = 32, "random", ["TinyCNN"]
+        args.per_class, args.val_per_class, args.epochs = 4, 2, 1
+        args.out = smoke_folder() / "demo-models"
 
     def run() -> None:
         import numpy as np
 
+        if args.smoke:
+            args.skin = smoke_folder() / "skin"
+            smoke_pictures(args.skin / "train", 6)
+            smoke_pictures(args.skin / "test", 2, seed=3)
         folder = skin_folder(args.skin)
         rng = np.random.default_rng(args.seed)
         train_val: list = []
@@ -127,12 +137,12 @@ def main() -> int:
         for label in (0, 1):
             items = [pool[i] for i in rng.permutation(len(pool)) if pool[i][1] == label]
             train_val.append((items[: args.per_class], items[args.per_class : args.per_class + args.val_per_class]))
-        train = arrays(train_val[0][0] + train_val[1][0])
-        val = arrays(train_val[0][1] + train_val[1][1])
-        test = arrays(labelled(folder / "test"))
+        train = arrays(train_val[0][0] + train_val[1][0], size)
+        val = arrays(train_val[0][1] + train_val[1][1], size)
+        test = arrays(labelled(folder / "test"), size)
         print(f"skin images from {folder}: train {len(train[1])}, validation {len(val[1])}, test {len(test[1])}")
         for backbone in args.backbones:
-            build(backbone, train, val, test, args.epochs, args.seed, args.out)
+            build(backbone, train, val, test, args.epochs, args.seed, args.out, size, weights)
 
     return run_main(run)
 

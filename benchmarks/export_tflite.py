@@ -6,7 +6,9 @@ test images (the SavedModel also from the files' bytes, decoding inside, when th
 decoded and resized once by our decode path (`tlrepro.data.images.decode_image`, or the study's own loader
 with its views), one image per call (as an app on a phone would), and the script prints per variant: file
 size, median latency per image (after a warm-up; TFLite interpreter with --threads threads), accuracy at
-the card's threshold, and the largest difference of P(positive) from the Keras model's.
+the card's threshold, the largest difference of P(positive) from the Keras model's, and how many labels
+differ from the Keras model's (`flipped`: what quantization costs on a real model; `tlrepro export
+--quantize` measures the same for each export). `--smoke`: the tiny model, 8 test pictures, 2 timed calls.
 
 Test images: the study's test side (data/splits/<study>.csv, protocol from the card) when it exists, else
 `--images-dir` (a folder with benign/ and malignant/ subfolders). Models: `--model NAME|PATH ...`, default
@@ -20,13 +22,15 @@ to tell red blotches from green ones on generated pictures) and its generated te
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from _common import Table, make_parser, run_main
+from _common import Table, make_parser, run_main, smoke_pictures, tiny_model
 
 VARIANTS = (None, "float16", "dynamic")
 
@@ -70,45 +74,17 @@ def study_images(card: dict, size: int, limit: int | None):
     return pixels.astype("float32"), study.labels(frame), f"{study_id} test side ({len(frame)} images)", None
 
 
-def tiny_generated(folder: Path):
-    """A TinyCNN fitted to tell red blotches (malignant) from green ones, saved with a card; its test pictures."""
-    import io
+def tiny_generated(folder: Path, per_class: int = 100, train_per_class: int = 200, epochs: int = 5):
+    """A TinyCNN fitted to tell red blotches (malignant) from green ones (_common.tiny_model); its test pictures."""
+    path = tiny_model(folder, train_per_class, epochs)
+    return path, folder_images(smoke_pictures(folder / "test", per_class, seed=2), 32, None)
 
-    import keras
+
+def flips(probs, keras_probs, threshold: float) -> str:
+    """How many labels differ from the Keras model's at the card's threshold, of how many."""
     import numpy as np
-    from PIL import Image
 
-    from tlrepro.core.config import RowSettings, resolve_row
-    from tlrepro.data.labels import BINARY_CLASSES
-    from tlrepro.modeling import cards, models
-
-    rng = np.random.default_rng(0)
-
-    def pictures(n: int):
-        x = rng.integers(60, 200, (n, 32, 32, 3)).astype("float32")
-        y = rng.integers(0, 2, n)
-        for image, label in zip(x, y, strict=True):
-            top, left = rng.integers(0, 20, 2)
-            image[top : top + 12, left : left + 12] = (220, 40, 40) if label else (40, 200, 60)
-        return x, y
-
-    row = resolve_row("tiny", RowSettings(), RowSettings(
-        backbone="TinyCNN", weights="random", image_size=32, batch_size=16, learning_rate=1e-2, epochs=5,
-        head=[{"pool": "avg"}, {"dense": 1, "activation": "sigmoid"}]))
-    clf = models.build_classifier(row, classes=BINARY_CLASSES, seed=0)
-    clf.model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
-    train_x, train_y = pictures(400)
-    clf.model.fit(train_x, train_y, epochs=5, batch_size=16, verbose=0)
-    path, _ = cards.save(clf.model, folder / "demo" / "tiny.keras", {
-        "name": "demo/tiny", "study": "generated", "backbone": "TinyCNN", "weights": {"source": "random"},
-        "image_size": 32, "classes": list(BINARY_CLASSES), "threshold": 0.5, "preprocessing": "unit"})
-    test_x, test_y = pictures(200)
-    blobs = []
-    for image in test_x.astype("uint8"):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "PNG")
-        blobs.append(buffer.getvalue())
-    return path, (test_x, test_y, "generated red/green pictures (200)", blobs)
+    return f"{int(np.sum((probs >= threshold) != (keras_probs >= threshold)))}/{len(probs)}"
 
 
 def median_latency(run, singles, repeats: int) -> float:
@@ -140,7 +116,7 @@ def saved_model_rows(model_path: Path, scratch: Path, x, y, blobs, keras_probs, 
     singles = [x[i : i + 1] for i in range(len(x))]
     ms = 1000 * median_latency(lambda batch: pixels(pixels=tf.constant(batch)), singles, repeats)
     table.row("SavedModel pixels", f"{size:.3f}", ms, f"{np.mean((probs >= threshold) == y):.3f}",
-              f"{np.abs(probs - keras_probs).max():.1e}")
+              f"{np.abs(probs - keras_probs).max():.1e}", flips(probs, keras_probs, threshold))
     if blobs:
         from_bytes = loaded.signatures["serving_default"]
         probs = np.concatenate([from_bytes(image_bytes=tf.constant(blobs[i : i + 32]))["probabilities"].numpy()[:, -1]
@@ -148,7 +124,7 @@ def saved_model_rows(model_path: Path, scratch: Path, x, y, blobs, keras_probs, 
         ms = 1000 * median_latency(lambda batch: from_bytes(image_bytes=tf.constant(batch)),
                                    [[blob] for blob in blobs], repeats)
         table.row("SavedModel bytes", f"{size:.3f}", ms, f"{np.mean((probs >= threshold) == y):.3f}",
-                  f"{np.abs(probs - keras_probs).max():.1e}")
+                  f"{np.abs(probs - keras_probs).max():.1e}", flips(probs, keras_probs, threshold))
 
 
 def compare(model_path: Path, images, threads: int, repeats: int, table: Table) -> None:
@@ -167,18 +143,22 @@ def compare(model_path: Path, images, threads: int, repeats: int, table: Table) 
     print(f"\n{predictor.name}: test images {where}; latency: one image per call", flush=True)
     table.header()
     table.row("Keras (.keras)", f"{model_path.stat().st_size / 1e6:.3f}", keras_ms,
-              f"{np.mean((keras_probs >= threshold) == y):.3f}", "-")
+              f"{np.mean((keras_probs >= threshold) == y):.3f}", "-", "-")
     with tempfile.TemporaryDirectory(prefix="tlrepro-tflite-") as scratch:
         saved_model_rows(model_path, Path(scratch), x, y, blobs, keras_probs, threshold, repeats, table)
         for quantize in VARIANTS:
-            target = export(model_path, "tflite", quantize=quantize, out=Path(scratch) / f"{quantize or 'float32'}.tflite")
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                # export's own measurement lines: this table says the same for these images
+                target = export(model_path, "tflite", quantize=quantize,
+                                out=Path(scratch) / f"{quantize or 'float32'}.tflite")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter's note about LiteRT
                 runner = tf.lite.Interpreter(model_path=str(target), num_threads=threads).get_signature_runner("pixels")
             probs = np.concatenate([runner(pixels=x[i : i + 1])["probabilities"][:, 1] for i in range(len(x))])
             ms = 1000 * median_latency(lambda batch, r=runner: r(pixels=batch), singles, repeats)
             table.row(f"TFLite {quantize or 'float32'}", f"{target.stat().st_size / 1e6:.3f}", ms,
-                      f"{np.mean((probs >= threshold) == y):.3f}", f"{np.abs(probs - keras_probs).max():.1e}")
+                      f"{np.mean((probs >= threshold) == y):.3f}", f"{np.abs(probs - keras_probs).max():.1e}",
+                      flips(probs, keras_probs, threshold))
 
 
 def main() -> int:
@@ -190,18 +170,22 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default: 2)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per variant (default: 50)")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats = 2
 
     def run() -> None:
         from tlrepro.modeling import cards
         from tlrepro.modeling.predict import model_names
 
         table = Table([("variant", 18, "<"), ("size MB", 8, ">"), ("ms/image", 9, ">"), ("accuracy", 9, ">"),
-                       ("max |dP|", 9, ">")])
-        names = args.model or model_names()
+                       ("max |dP|", 9, ">"), ("flipped", 9, ">")])
+        names = [] if args.smoke else args.model or model_names()
         with tempfile.TemporaryDirectory(prefix="tlrepro-tiny-") as scratch:
             if not names:
-                print("no saved model under models/: a tiny generated model instead")
-                path, images = tiny_generated(Path(scratch))
+                print("smoke run: a tiny generated model" if args.smoke else
+                      "no saved model under models/: a tiny generated model instead")
+                path, images = (tiny_generated(Path(scratch), 4, 16, 1) if args.smoke else
+                                tiny_generated(Path(scratch)))
                 compare(path, images, args.threads, args.repeats, table)
                 return
             for name in names:

@@ -3,6 +3,7 @@ Keras 3.15 runs on its JAX backend there, with the project's own SE blocks (tlre
 use Keras operations only). Not the project's TensorFlow pipeline: its speed and numbers are Keras/JAX's.
 
     KERAS_BACKEND=jax python benchmarks/gpu_device.py BUNDLE.npz WEIGHTS_DIR OUT_DIR
+    python benchmarks/gpu_device.py --smoke        # every step in seconds, 32 px, on the CPU (what the tests run)
 
 1. images/s of every backbone's forward pass (224 px, batch 128, random weights), float32 against mixed
    float16 and mixed bfloat16;
@@ -24,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+# a seconds-long dry run of every step, on any machine (32 px, random weights, a generated bundle; no arguments)
+SMOKE = bool(os.environ.get("GPU_BENCH_SMOKE")) or "--smoke" in sys.argv[1:]
+os.environ.setdefault("KERAS_BACKEND", "tensorflow" if SMOKE else "jax")  # smoke: the project's own backend
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-SMOKE = bool(os.environ.get("GPU_BENCH_SMOKE"))  # a seconds-long dry run of every step, on any machine
+SIZE = 32 if SMOKE else 224
 BACKBONES = ("MobileNetV2", "ResNet50V2", "VGG16", "DenseNet121")
 BUDGET_S = int(os.environ.get("GPU_BENCH_BUDGET_S", 430))  # the whole script stays inside one device call: later steps are skipped, and say so
 STARTED = time.perf_counter()
@@ -43,11 +46,11 @@ def log(*parts: object) -> None:
 
 def throughput(out: dict) -> None:
     rng = np.random.default_rng(0)
-    x = (rng.random((8 if SMOKE else 512, 224, 224, 3)) * 255).astype("float32")
+    x = (rng.random((8 if SMOKE else 512, SIZE, SIZE, 3)) * 255).astype("float32")
     for policy in POLICIES[:1] if SMOKE else POLICIES:
         keras.mixed_precision.set_global_policy(policy)
         for name in BACKBONES[:1] if SMOKE else BACKBONES:
-            model = getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(224, 224, 3),
+            model = getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
                                                       pooling="avg")
             model.predict(x[:128], batch_size=128, verbose=0)  # compile
             started = time.perf_counter()
@@ -61,15 +64,21 @@ def throughput(out: dict) -> None:
 def mobilenet_augmented(out: dict) -> None:
     rng = np.random.default_rng(1)
     n = 32 if SMOKE else 1942
-    x = (rng.random((n, 224, 224, 3)) * 255).astype("float32")
+    x = (rng.random((n, SIZE, SIZE, 3)) * 255).astype("float32")
     y = rng.integers(0, 2, n).astype("float32")
     for policy in ("float32",) if SMOKE else ("float32", "mixed_float16"):
         keras.mixed_precision.set_global_policy(policy)
         keras.utils.set_random_seed(42)
-        base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(224, 224, 3))
+        if SMOKE:  # the tests' TinyCNN: tracing MobileNetV2's training step alone costs seconds
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+            from tlrepro.modeling.backbones import tiny_cnn
+
+            base = tiny_cnn(input_shape=(SIZE, SIZE, 3))
+        else:
+            base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
         for layer in base.layers[:-30]:
             layer.trainable = False
-        inputs = keras.Input((224, 224, 3))
+        inputs = keras.Input((SIZE, SIZE, 3))
         h = keras.layers.RandomFlip("horizontal_and_vertical")(inputs)
         h = keras.layers.RandomRotation(0.5)(h)
         h = keras.layers.RandomZoom(0.2)(h)
@@ -89,25 +98,30 @@ def mobilenet_augmented(out: dict) -> None:
     keras.mixed_precision.set_global_policy("float32")
 
 
-def densenet_se(weights: Path) -> keras.Model:
+def densenet_se(weights: Path | None) -> keras.Model:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from tlrepro.modeling.blocks import insert_squeeze_excitation
 
-    base = keras.applications.DenseNet121(include_top=False, weights=str(weights), input_shape=(224, 224, 3))
+    if SMOKE:  # one layer per dense block (the tests' TinyDenseNet): DenseNet121's 120 layers take a minute to trace
+        from tlrepro.modeling.backbones import tiny_densenet
+
+        base = tiny_densenet(input_shape=(SIZE, SIZE, 3))
+    else:
+        base = keras.applications.DenseNet121(include_top=False, weights=str(weights), input_shape=(SIZE, SIZE, 3))
     base = insert_squeeze_excitation(base, reduction=16)
-    inputs = keras.Input((224, 224, 3))
+    inputs = keras.Input((SIZE, SIZE, 3))
     mean, std = np.array([0.485, 0.456, 0.406], "float32"), np.array([0.229, 0.224, 0.225], "float32")
     scaled = (inputs / 255.0 - mean) / std  # the "torch" preprocessing of DenseNet121's ImageNet weights
     h = keras.layers.Dropout(0.25)(keras.layers.GlobalAveragePooling2D()(base(scaled)))
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(h))
 
 
-def wang_gpu_profile(bundle: Path, weights: Path, out: dict, target: Path | None = None) -> None:
+def wang_gpu_profile(bundle: Path, weights: Path | None, out: dict, target: Path | None = None) -> None:
     data = np.load(bundle, allow_pickle=False)
     images, labels, groups = data["images"], data["labels"], data["groups"]
     rows = json.loads(str(data["rows"]))
     results = {}
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("float32" if SMOKE else "mixed_float16")  # float16 on a CPU: slow
     keras.utils.set_random_seed(42)
     model = densenet_se(weights)
     start_weights = model.get_weights()
@@ -156,10 +170,31 @@ def wang_gpu_profile(bundle: Path, weights: Path, out: dict, target: Path | None
                    "epochs": [p["epochs_run"] for p in parts]}
         out.setdefault("wang2024_gpu_profile", {})[protocol] = summary
         log(f"wang2024 DenseNet-SE, protocol {protocol}: {summary}")
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def smoke_bundle(folder: Path) -> Path:
+    """A BUNDLE like the real one, at SIZE px: 24 generated images of 6 patients in two folds of one protocol."""
+    rng = np.random.default_rng(0)
+    rows = [{"protocol": "patient", "fold": fold, "side": side, "view": "identity", "index": i}
+            for fold in ("1", "2") for i, side in enumerate(["train"] * 12 + ["val"] * 6 + ["test"] * 6)]
+    path = folder / "bundle.npz"
+    np.savez(path, images=rng.integers(0, 256, (24, SIZE, SIZE, 3)).astype("uint8"),
+             labels=np.arange(24) % 2, groups=np.array([f"p{i % 6}" for i in range(24)]), rows=json.dumps(rows))
+    return path
 
 
 def main() -> None:
-    bundle, weights, target = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    if SMOKE:
+        import atexit
+        import shutil
+        import tempfile
+
+        target = Path(tempfile.mkdtemp(prefix="tlrepro-gpu-smoke-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        bundle, weights = smoke_bundle(target), None
+    else:
+        bundle, weights, target = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     if keras.backend.backend() == "jax":
         import jax
 
@@ -173,7 +208,8 @@ def main() -> None:
             step(out)
             (target / "gpu_figures.json").write_text(json.dumps(out, indent=1))
     if "wang" in wanted:
-        wang_gpu_profile(bundle, weights / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", out, target)
+        wang_gpu_profile(bundle, weights / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" if weights else None,
+                         out, target)
     (target / "gpu_figures.json").write_text(json.dumps(out, indent=1))
 
 

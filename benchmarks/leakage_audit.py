@@ -1,6 +1,6 @@
 """How long the leakage audit takes on many images: random 64-bit hashes on three sides, counted in chunks.
 
-    python benchmarks/leakage_audit.py [--images 14000 28000 56000]
+    python benchmarks/leakage_audit.py [--images 14000 28000 56000] [--smoke]
 
 Prints, per size, the seconds of one audit (exact, near and rotated/flipped pairs across every pair of sides)
 and of the per-image training-match flags. The audit groups identical hashes and compares distinct ones in
@@ -28,6 +28,8 @@ def main() -> None:
     parser = make_parser(__doc__, study_options=False)
     parser.add_argument("--images", type=int, nargs="+", default=[14_000, 28_000])
     args = parser.parse_args()
+    if args.smoke:
+        args.images = [300]
     from tlrepro.data.leakage import audit, train_matches
 
     rows = []

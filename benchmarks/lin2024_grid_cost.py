@@ -35,7 +35,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, cap_sides, duration, make_parser, ratio, run_main, side_counts  # noqa: E402
+from _common import Table, cap_sides, duration, make_parser, ratio, run_main, side_counts, smoke_options  # noqa: E402
 
 STUDY = "lin2024"
 
@@ -100,6 +100,7 @@ def naive_cost(study, name: str, batches: int) -> tuple[float, int]:
 
 
 def run(args: argparse.Namespace) -> None:
+    smoke_options(args, max_images=2, repeats=1, naive=True, batches=1, rows=None)
     from tlrepro.core import config, paths
 
     settings = config.load_params(args.params).study(STUDY)  # bad params stop here, before TensorFlow starts

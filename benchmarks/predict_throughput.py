@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import Table, make_parser, ratio, run_main  # noqa: E402
+from _common import Table, make_parser, ratio, run_main, smoke_folder, smoke_pictures, tiny_model  # noqa: E402
 
 DEFAULT_MODEL = "sarker2025/MobileNetV2"
 
@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> None:
     from tlrepro.core.errors import UserError
     from tlrepro.modeling import cards
 
+    if args.smoke:  # a tiny model and 8 generated pictures, one timed run
+        base = smoke_folder() / "predict_throughput"
+        args.model, args.folder = str(tiny_model(base, 16, 1)), smoke_pictures(base / "images", 4)
+        args.batch_size, args.repeat = 4, 1
     if args.model == DEFAULT_MODEL and not (paths.MODELS / f"{DEFAULT_MODEL}.keras").is_file():
         raise UserError(f"no saved model {paths.relative(paths.MODELS / DEFAULT_MODEL)}.keras yet: run "
                         f"`dvc repro study@sarker2025` first, or give another one with --model.")

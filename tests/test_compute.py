@@ -60,6 +60,7 @@ def test_the_schema_refuses_bad_compute_values_with_one_line(tmp_path):
     raw = yaml.safe_load(config.paths.PARAMS_FILE.read_text())
     for key, value, message in (("strategy", "tpu", "Input should be 'auto', 'default', 'mirrored' or 'multi_worker'"),
                                 ("mixed_precision", "half", "'auto', 'off', 'float16' or 'bfloat16'"),
+                                ("worker_timeout_s", 0, "greater than 0"),
                                 ("jit", "on", "unknown setting `jit`; known settings: jit_compile")):
         bad = json.loads(json.dumps(raw))
         bad["compute"][key] = value
@@ -89,6 +90,24 @@ def test_multi_worker_without_tf_config_says_what_to_set(monkeypatch):
     compute.reset()
     with pytest.raises(UserError, match="TF_CONFIG is not set"):
         compute.activate(config.Compute(strategy="multi_worker"))
+    compute.reset()
+
+
+def test_multi_worker_names_a_worker_that_does_not_answer_instead_of_waiting(monkeypatch):
+    """Inside a kernel (or the pretraining stage) too, before TensorFlow's server starts: MultiWorkerMirroredStrategy
+    itself would wait for ever for a worker whose port is closed."""
+    import time
+
+    from tlrepro.modeling import compute
+
+    ports = free_ports(2)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                                "task": {"type": "worker", "index": 1}}))
+    compute.reset()
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"127.0.0.1:{ports[0]} did not answer within 0.5 s"):
+        compute.activate(config.Compute(strategy="multi_worker", worker_timeout_s=0.5))
+    assert time.monotonic() - started < 5
     compute.reset()
 
 

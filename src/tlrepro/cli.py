@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from tlrepro.modeling.export import export_cli
 
-    export_cli(args.model, fmt=args.format, quantize=args.quantize, out=args.out)
+    export_cli(args.model, fmt=args.format, quantize=args.quantize, out=args.out, images=args.images)
 
 
 def _offline_flags(args: argparse.Namespace) -> None:
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite only: dynamic-range (int8 weights) or float16 weights (default: none, float32)")
     p.add_argument("--out", default=None, help="where to write (default: exports/<study>/<row> for a SavedModel "
                                                "folder, exports/<study>/<row>[.<quantize>].tflite for TFLite)")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="with --quantize: measure the export against the Keras model on these images (default: "
+                        "the card's validation images); max |ΔP| and flipped labels are printed and go in the card")
     command("metrics", _metrics, "every study's headline figures, one line per row and figure (readable where "
                                  "`dvc metrics show` is not)").add_argument("study", nargs="?")
     command("profile", _profile, "print the -S flags of a hardware profile: `gpu` lifts every CPU cap "

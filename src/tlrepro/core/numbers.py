@@ -68,6 +68,21 @@ def number(value: Any, digits: int = 4, *, unit: str | None = None, signed: bool
     return f"{sign}{value:.{digits}f}"
 
 
+def non_number(figures: Any, where: str = "results") -> tuple[str, Any] | None:
+    """The first entry of a metrics file's `results` (row -> figure -> value) that is not a number or missing, as
+    (`results.<row>.<figure>`, value); None when every value is one. What readers check before formatting."""
+    if not isinstance(figures, dict):
+        return where, figures
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            found = non_number(value, f"{where}.{key}")
+            if found:
+                return found
+        elif isinstance(value, bool) or not (missing(value) or isinstance(value, _abc.Real)):
+            return f"{where}.{key}", value
+    return None
+
+
 def interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
     """'0.861 [0.832, 0.889]', or the value alone when there is no interval, or a dash."""
     if missing(value):

@@ -10,11 +10,16 @@ is unfinished and ignored; a damaged chunk is deleted and its entries recomputed
 store at once (e.g. on shared storage, `TLREPRO_FEATURE_CACHE`): chunks never overwrite each other, and entries
 computed twice are equal, so whichever is read is right. Arrays are read through memory maps, so a frame costs
 the memory of its own rows only.
+
+The store is an optimisation: when a chunk cannot be written (a read-only folder, a full disk), its partial files
+are removed, one line on stderr names the cache folder and why, and the caller uses what it computed (`write`
+returns False); later writes to the same cache are not tried again in this process.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +27,28 @@ from pathlib import Path
 import numpy as np
 
 from tlrepro.core import fileio
+from tlrepro.core.errors import UserError
 
 KEYS = ".keys.npy"
+_unwritable: dict[Path, str] = {}  # cache folder -> why it could not be written (said once per process)
+
+
+def _why(exc: BaseException) -> str:
+    """The operating system's reason behind a failed write (fileio wraps it in a UserError)."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    return str(exc)
+
+
+def skip_cache(cache: Path, exc: BaseException) -> None:
+    """Stop writing to the cache folder `cache` for the rest of this process, saying so in one line."""
+    if cache in _unwritable:
+        return
+    _unwritable[cache] = _why(exc)
+    print(f"feature cache {cache} cannot be written ({_unwritable[cache]}): skipped, features are computed without "
+          f"it for this run (results are the same; set TLREPRO_FEATURE_CACHE to a writable folder to keep them).",
+          file=sys.stderr, flush=True)
 
 
 class FeatureStore:
@@ -64,15 +89,28 @@ class FeatureStore:
         have = self.index()
         return [k for k in dict.fromkeys(keys) if k not in have]
 
-    def write(self, keys: Sequence[str], arrays: list[np.ndarray]) -> None:
-        """A new chunk holding `arrays` (row i belongs to keys[i]); the keys file last, so readers see it whole."""
+    def write(self, keys: Sequence[str], arrays: list[np.ndarray]) -> bool:
+        """A new chunk holding `arrays` (row i belongs to keys[i]); the keys file last, so readers see it whole.
+        False when the cache cannot be written (see the module docstring): nothing of the chunk is left."""
+        cache = self.folder.parent
+        if cache in _unwritable:
+            return False
         chunk = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        for i, array in enumerate(arrays):
-            with fileio.atomic_path(self.folder / f"{chunk}.x{i}.npy", suffix=".npy") as tmp:
-                np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-        with fileio.atomic_path(self.folder / f"{chunk}{KEYS}", suffix=".npy") as tmp:
-            np.save(tmp, np.asarray(list(keys), dtype=str), allow_pickle=False)
+        try:
+            for i, array in enumerate(arrays):
+                with fileio.atomic_path(self.folder / f"{chunk}.x{i}.npy", suffix=".npy") as tmp:
+                    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+            with fileio.atomic_path(self.folder / f"{chunk}{KEYS}", suffix=".npy") as tmp:
+                np.save(tmp, np.asarray(list(keys), dtype=str), allow_pickle=False)
+        except (OSError, UserError) as exc:
+            try:
+                self._drop(chunk)
+            except OSError:
+                pass
+            skip_cache(cache, exc)
+            return False
         self._index = None
+        return True
 
     def read(self, keys: Sequence[str]) -> list[np.ndarray] | None:
         """The entries of `keys`, in order, as one array per crossing tensor; None when some entry is missing or a

@@ -178,24 +178,46 @@ def _run(model_fn, dataset: tf.data.Dataset, steps: int, description: str) -> li
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
 
 
-def _fill(store: FeatureStore, keys: list[str], frame: pd.DataFrame, compute) -> bool:
-    """Compute the entries `store` lacks (each distinct image once) with `compute(frame) -> arrays`; True when
-    nothing had to be computed."""
+Unstored = dict[str, tuple[int, list[np.ndarray]]]  # key -> (row, arrays) computed but not stored
+
+
+def _fill(store: FeatureStore, keys: list[str], frame: pd.DataFrame, compute) -> tuple[bool, Unstored]:
+    """Compute the entries `store` lacks (each distinct image once) with `compute(frame) -> arrays`. Returns
+    (True when nothing had to be computed, what was computed but could not be stored: the cache is skipped)."""
     missing = set(store.missing(keys))
     if not missing:
-        return True
+        return True, {}
     first = pd.Series(keys, index=frame.index).drop_duplicates()
     rows = first[first.isin(missing)]
-    store.write(rows.tolist(), compute(frame.loc[rows.index]))
-    return False
+    arrays = compute(frame.loc[rows.index])
+    if store.write(rows.tolist(), arrays):
+        return False, {}
+    return False, {key: (i, arrays) for i, key in enumerate(rows.tolist())}
+
+
+def _assemble(store: FeatureStore, keys: list[str], unstored: Unstored) -> list[np.ndarray] | None:
+    """The entries of `keys` in order, from what was just computed where the store could not keep it."""
+    stored_keys = [k for k in dict.fromkeys(keys) if k not in unstored]
+    stored = store.read(stored_keys) if stored_keys else []
+    if stored is None:
+        return None
+    _, sample = next(iter(unstored.values()))
+    out = [np.empty((len(keys), *a.shape[1:]), dtype=a.dtype) for a in sample]
+    position = {k: i for i, k in enumerate(stored_keys)}
+    for i, key in enumerate(keys):
+        row, arrays = unstored[key] if key in unstored else (position[key], stored)
+        for target, array in zip(out, arrays, strict=True):
+            target[i] = array[row]
+    return out
 
 
 def _read(store: FeatureStore, keys: list[str], frame: pd.DataFrame, compute) -> tuple[list[np.ndarray], bool]:
-    hit = _fill(store, keys, frame, compute)
-    arrays = store.read(keys)
+    hit, unstored = _fill(store, keys, frame, compute)
+    arrays = _assemble(store, keys, unstored) if unstored else store.read(keys)
     if arrays is None:  # a damaged chunk was dropped: recompute what it held
-        hit = _fill(store, keys, frame, compute) and hit
-        arrays = store.read(keys)
+        again, more = _fill(store, keys, frame, compute)
+        hit, unstored = again and hit, {**unstored, **more}
+        arrays = _assemble(store, keys, unstored) if unstored else store.read(keys)
     return arrays, hit
 
 

@@ -152,12 +152,17 @@ def run_study(study: str, overrides: dict[str, Any] | None = None) -> Path:
     Every output appears only after the whole notebook ran; a failing cell leaves them untouched and saves
     the partial notebook as reports/notebooks/<study>.failed.ipynb. Returns the HTML path.
     """
+    params = config.load_params()
+    params.study(study)  # every setting validated, and the study known, before any work
+    if params.compute.strategy == "multi_worker":  # before any kernel: a missing worker would hang it for ever
+        from tlrepro.modeling.compute import check_cluster
+
+        check_cluster(params.compute.worker_timeout_s)
     import nbformat
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    config.load_params().study(study)  # every setting validated, and the study known, before any work
     source = paths.NOTEBOOKS / f"{study}.ipynb"
     if not source.is_file():
         raise UserError(f"{paths.relative(source)} not found: add the study's notebook (see notebooks/).")
