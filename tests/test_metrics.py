@@ -177,3 +177,20 @@ def test_multiclass_interval_resamples_whole_groups():
     assert per_group["ci_groups"] == 12 and per_image["ci_groups"] is None
     width = {k: f["accuracy_ci_high"] - f["accuracy_ci_low"] for k, f in (("image", per_image), ("group", per_group))}
     assert width["group"] > 2 * width["image"]  # sqrt(8) narrower when copies are counted as independent
+
+
+def test_patient_intervals_resample_patients_within_their_class():
+    """12 patients, 4 benign (all wrong) and 8 malignant (all right): drawn within their class, every resample keeps
+    4 and 8, so patient accuracy is 8/12 in all of them; drawn from all 12 at once, it varies."""
+    patients = [f"p{i:02d}" for i in range(12) for _ in range(3)]
+    labels = np.repeat([0] * 4 + [1] * 8, 3)
+    frame = pd.DataFrame({"patient": patients, "label": np.where(labels == 1, "malignant", "benign")})
+    correct = labels.astype(float)
+    kwargs = {"group": "patient", "seed": 0, "resamples": 300, "confidence": 0.95}
+    stratified = ev.grouped_accuracy(frame, correct, **kwargs).iloc[0]
+    assert stratified["patient_ci_low"] == stratified["patient_ci_high"] == pytest.approx(8 / 12)
+    loose = ev.grouped_accuracy(frame, correct, **kwargs, stratify=None).iloc[0]
+    assert loose["patient_ci_low"] < 8 / 12 < loose["patient_ci_high"]
+    grouped = ev.evaluate(labels, np.ones(labels.size), seed=0, resamples=300, confidence=0.95, groups=patients)
+    assert grouped["patient_accuracy_ci_low"] == grouped["patient_accuracy_ci_high"] == pytest.approx(8 / 12)
+    assert grouped["specificity_ci_high"] == 0.0 and grouped["roc_auc_ci_valid"] == 300

@@ -10,7 +10,13 @@ Conventions, shared by every study so that reports compare like with like:
 - intervals are percentile bootstraps over the independent unit: images, or, where images come in groups (a
   patient's images are not independent of each other), whole groups; with fewer than MIN_GROUPS groups no
   interval is given ("too few patients for an interval"). The number of resamples in which a metric was
-  defined is reported beside it.
+  defined is reported beside it;
+- a group bootstrap is stratified by class where every group holds one class (a BreakHis patient is benign or
+  malignant): benign groups are drawn among benign ones and malignant among malignant, so every resample keeps
+  the data's count of each (with 7 benign patients in 23, an unstratified draw has no benign patient once in
+  about 5,000 draws and often only 3 or 4, which makes specificity and AUC swing for want of patients, not for
+  anything the model did). Where groups mix classes they are drawn unstratified. Image-level bootstraps (no
+  groups) are unchanged.
 """
 
 from __future__ import annotations
@@ -108,17 +114,45 @@ def draw_weights(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
     return np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
+def group_strata(y: np.ndarray, members: np.ndarray) -> np.ndarray | None:
+    """Each group's class (0 benign, 1 malignant) when every group holds one class, else None (mixed groups:
+    the bootstrap then draws groups unstratified). `members` is each image's group as 0..G-1."""
+    positives = np.bincount(members, weights=y, minlength=int(members.max()) + 1)
+    sizes = np.bincount(members, minlength=positives.size)
+    if ((positives > 0) & (positives < sizes)).any():
+        return None
+    return (positives > 0).astype(int)
+
+
+def draw_group_weights(rng: np.random.Generator, rows: int, strata: np.ndarray | None, groups: int | None = None
+                       ) -> np.ndarray:
+    """rows x G counts of how often each group is drawn. With `strata` (each group's class, group_strata), each
+    stratum's groups are drawn among themselves, as many as it holds, so every resample keeps the count of groups
+    of each class; without, G groups are drawn from all G (`groups` gives G). Seeded by `rng` alone."""
+    if strata is None:
+        return draw_weights(rng, rows, int(groups))
+    strata = np.asarray(strata)
+    weights = np.zeros((rows, strata.size))
+    for stratum in np.unique(strata):  # sorted: the same draws for the same seed
+        where = np.flatnonzero(strata == stratum)
+        weights[:, where] = draw_weights(rng, rows, where.size)
+    return weights
+
+
 def bootstrap_ci(y_true: Any, y_prob: Any, *, metrics: Sequence[str] = CI_METRICS, resamples: int = 1000,
                  confidence: float = 0.95, seed: int = 42, threshold: float = 0.5, chunk: int = 250,
-                 groups: Sequence | None = None) -> dict[str, tuple[float | None, float | None, int]]:
+                 groups: Sequence | None = None, stratify: bool = True
+                 ) -> dict[str, tuple[float | None, float | None, int]]:
     """Percentile bootstrap over images, or over whole groups when `groups` gives each image's group (a drawn
-    group brings all its images): (low, high, valid resamples) per metric.
+    group brings all its images): (low, high, valid resamples) per metric. With `stratify` (the default) and
+    groups that each hold one class, groups are drawn within their class (see the module's docstring).
 
     Resamples where a metric is undefined (AUC of a one-class resample) are skipped for that metric and
     counted out of `valid`; a metric undefined in every resample gets (None, None, 0). Seeded.
     """
     y, p = _arrays(y_true, y_prob)
     members = _group_index(groups, y.size)
+    strata = group_strata(y, members) if members is not None and stratify else None
     unknown = set(metrics) - set(CI_METRICS)
     if unknown:
         raise ValueError(f"bootstrap_ci cannot compute {sorted(unknown)}.")
@@ -127,7 +161,7 @@ def bootstrap_ci(y_true: Any, y_prob: Any, *, metrics: Sequence[str] = CI_METRIC
     for start in range(0, resamples, chunk):  # chunks bound memory at chunk x n weights
         size = min(chunk, resamples - start)
         weights = (draw_weights(rng, size, y.size) if members is None
-                   else draw_weights(rng, size, int(members.max()) + 1)[:, members])
+                   else draw_group_weights(rng, size, strata, int(members.max()) + 1)[:, members])
         result = _resample_metrics(y, p, weights, threshold)
         for m in metrics:
             values[m].append(result[m])
@@ -193,13 +227,14 @@ def evaluate(y_true: Any, y_prob: Any, *, seed: int, resamples: int, confidence:
 def group_accuracy(y_true: Any, y_prob: Any, groups: Sequence, *, threshold: float, seed: int, resamples: int,
                    confidence: float) -> dict[str, Any]:
     """Group-level accuracy, the mean over groups of each group's accuracy (wang2024's patient-level accuracy,
-    Eq. 1-2), with a percentile interval from resampling groups."""
+    Eq. 1-2), with a percentile interval from resampling groups (within their class where each holds one)."""
     y, p = _arrays(y_true, y_prob)
     members = _group_index(groups, y.size)
-    correct = ((p >= threshold).astype(int) == y).astype(float)
+    correct = (predicted_positive(p, threshold).astype(int) == y).astype(float)
     sizes = np.bincount(members).astype(float)
     per_group = np.bincount(members, weights=correct) / sizes
-    draws = draw_weights(np.random.default_rng(seed + 1), resamples, len(per_group)) @ per_group / len(per_group)
+    weights = draw_group_weights(np.random.default_rng(seed + 1), resamples, group_strata(y, members), len(per_group))
+    draws = weights @ per_group / len(per_group)
     low, high, _ = percentiles(draws, confidence)
     return {"accuracy": float(per_group.mean()), "ci_low": low, "ci_high": high, "groups": int(len(per_group))}
 
@@ -262,11 +297,13 @@ def seed_spread(values: Sequence[float]) -> dict[str, float | int]:
 
 
 def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by: str | None = None,
-                     seed: int, resamples: int, confidence: float) -> pd.DataFrame:
+                     seed: int, resamples: int, confidence: float, stratify: str | None = "label") -> pd.DataFrame:
     """Image-level and group-level (patient-level) accuracy, overall and per `by` value (magnification).
 
     Group-level accuracy is the mean over groups of each group's accuracy (wang2024's Eq. 1-2). Intervals
     resample groups, not images: images of one patient are not independent; under MIN_GROUPS groups there are none.
+    Where `frame` has the `stratify` column (the class) and each group holds one value of it, groups are drawn
+    within their class.
     """
     data = frame.assign(_correct=np.asarray(correct, dtype=float)).reset_index(drop=True)
     groups = sorted(data.groupby(by), key=lambda kv: (0, float(kv[0])) if str(kv[0]).replace(".", "").isdigit()
@@ -277,7 +314,7 @@ def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by
     for value, part in parts:
         per_group = part.groupby(group)["_correct"].agg(["sum", "count"])
         k = len(per_group)
-        weights = draw_weights(rng, resamples, k)
+        weights = draw_group_weights(rng, resamples, column_strata(part, group, stratify), k)
         image = weights @ per_group["sum"].to_numpy() / (weights @ per_group["count"].to_numpy())
         patient = weights @ (per_group["sum"] / per_group["count"]).to_numpy() / k
         il, ih, _ = percentiles(image, confidence) if k >= MIN_GROUPS else (None, None, 0)
@@ -287,6 +324,17 @@ def grouped_accuracy(frame: pd.DataFrame, correct: np.ndarray, *, group: str, by
                      f"{group}_accuracy": float((per_group["sum"] / per_group["count"]).mean()),
                      f"{group}_ci_low": pl, f"{group}_ci_high": ph})
     return pd.DataFrame(rows)
+
+
+def column_strata(frame: pd.DataFrame, group: str, column: str | None) -> np.ndarray | None:
+    """Each group's value of `column` as 0..S-1 (groups in sorted order, as groupby gives them), or None where
+    the column is missing or a group holds several values."""
+    if not column or column not in frame:
+        return None
+    values = frame.groupby(group)[column].agg(["nunique", "first"])
+    if (values["nunique"] > 1).any():
+        return None
+    return np.unique(values["first"].astype(str).to_numpy(), return_inverse=True)[1]
 
 
 def roc_curve_points(y_true: Any, y_prob: Any) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """A study run: its settings and split, the row runner (with `start_from`, `init_from` and `repeats`),
 saved models with cards, and the writers of its outputs.
 
-Notebooks tell the story and call these; nothing here knows a particular study.
+Notebooks tell the story and call these; nothing here knows a particular study. (Over 400 lines: the study,
+its row runner and its model writers share the Study object and are read together.)
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 
-from tlrepro.core import config, fileio, paths
+from tlrepro.core import config, fileio, identity, paths
 from tlrepro.core.config import Row
 from tlrepro.core.errors import UserError
 from tlrepro.data import derive
@@ -90,7 +92,7 @@ class Study:
     def units(self, protocol: str | None = None) -> list[Unit]:
         """What the protocol trains one model for: each fold (cross-validation), each magnification
         (`per_magnification`), or the whole split."""
-        return crossval.units_of(self.protocol(protocol), self.settings.per_magnification)
+        return crossval.units_of(self.protocol(protocol), self.settings.per_magnification, self.params.scale.max_folds)
 
     def cross_validated(self, protocol: str | None = None) -> bool:
         return self.settings.protocols[protocol or self.primary].cross_validation
@@ -150,21 +152,21 @@ class Study:
     def provenance(self) -> dict[str, Any]:
         """What every report states about the run: data, sizes, caps, weights (source and sha256)."""
         sizes = {p: self.protocol(p).groupby("side").size().to_dict() for p in self.protocols}
-        capped = {}
-        for r in self.rows:
-            if r.epochs and self.epochs(r) < r.epochs:
-                capped[r.name] = {"ours": self.epochs(r), "paper": r.epochs}
         return {
             "study": self.id, "dataset": self.dataset, "source_dataset": self.source_dataset,
             "paper_dataset": self.paper.get("dataset"),
             "images": len(read_index(self.dataset)), "images_in_split": int(self.split["path"].nunique()),
             "published_images": compare.datasets().get(self.source_dataset, {}).get("published_images"),
-            "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(), "capped_epochs": capped,
+            "primary_protocol": self.primary, "sides": sizes, "random_init": self.random_init(),
+            "capped_epochs": {r.name: c for r in self.rows if (c := self.params.capped_epochs(r, self.settings.grid))},
             "random_init_via": self.random_init_via(), "max_images_per_class": self.params.scale.max_images_per_class,
+            "max_epochs": self.params.scale.max_epochs, "max_folds": self.params.scale.max_folds,  # quick-pass caps
             "weights": {r.name: self.initial_weights(r) for r in self.rows},
             "seed": self.seed, "repeats": self.settings.repeats, "compute": compute.current().describe(),
+            "run": identity.current(compute.current().gpus),  # commit, experiment, date, versions, hardware
             # what the repeated seeds vary: in the grid, only each head's initial weights and batch order
-            "seed_kind": "head seeds" if self.settings.grid else "training seeds",
+            "seed_kind": "head seeds" if self.settings.grid or all(head_seeds(self, r, self.seed + 1) for r in self.rows)
+            else "training seeds",
             "evaluated_on": self.settings.evaluate_on,
             "validation_chose": {r.name: training.chosen_on_validation(r) + (["grid cell"] if self.settings.grid else [])
                                  for r in self.rows},
@@ -220,10 +222,21 @@ def init_backbone(row: Row) -> Any:
     return models.parts_of(model)[0]
 
 
+def head_seeds(study: Study, row: Row, seed: int) -> bool:
+    """Whether `seed` is a head seed of `row`: a repeat (not the study seed) of a row whose whole backbone stays
+    frozen (no squeeze-and-excitation inserted). Its backbone, random-init included, and its augmented views are the
+    study seed's, so their cached features are reused; the seed varies the head's initial weights, dropout and
+    batch order only (lin2024's head seeds)."""
+    return seed != study.seed and row.trainable_layers == 0 and not row.trainable_from and row.se is None
+
+
 def build(study: Study, row: Row, seed: int) -> models.Classifier:
     """The row's classifier with its freeze policy, its variables made under the run's distribution strategy."""
     with compute.current().scope():
         backbone = init_backbone(row) if row.init_from else None
+        if backbone is None and head_seeds(study, row, seed):  # the study seed's backbone (see head_seeds)
+            keras.utils.set_random_seed(study.seed)
+            backbone = backbones.build_backbone(row.backbone, row.image_size, row.weights)
         classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
     models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     return classifier
@@ -249,11 +262,17 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
                           if x)
         result = training.train(classifier, train_frame, val_frame, train_labels=study.labels(train_frame),
                                 val_labels=study.labels(val_frame), epochs=study.epochs(row), seed=seed,
-                                name=f"{study.id} · {name}" + (f" ({label})" if label else ""))
+                                name=f"{study.id} · {name}" + (f" ({label})" if label else ""),
+                                live=training.log_folder(study.id, protocol if len(study.protocols) > 1 else "", name,
+                                                         unit.fold and f"fold{unit.fold}",
+                                                         unit.magnification and f"{unit.magnification}X")
+                                if seed == study.seed else None,
+                                views_seed=study.seed if head_seeds(study, row, seed) else None)
         side = study.settings.evaluate_on
         frame = study.part(side, protocol, unit)
-        # the evaluation runs the whole model on images: the prediction time is end to end
-        probs, seconds = training.predict(classifier, frame, use_cache=False)
+        # the evaluation runs the whole model on images: the prediction time is end to end (a head seed's reads the
+        # frozen features from the cache: only its figures are kept)
+        probs, seconds = training.predict(classifier, frame, use_cache=head_seeds(study, row, seed))
         check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}{', ' + label if label else ''}, seed {seed}")
     out = RowResult(row, protocol, seed, classifier, result, side, frame, probs, predict_seconds=seconds, unit=unit)
     if evaluate:

@@ -4,7 +4,10 @@ gap between a paper's protocol and an honest one.
 A protocol's unit is one fold of a cross-validation (the split file's `fold` column), or, with a study's
 `per_magnification: true`, one magnification within it; a protocol without folds is one unit. A row trains one
 model per unit and its evaluation rows are pooled (tlrepro.studies.base.pooled): under a grouped k-fold every
-patient is tested exactly once, by a model that never saw them.
+patient is tested exactly once, by a model that never saw them. The dataset's own folds (`method: folds`,
+BreakHis's Folds.csv) are repeated splits instead: the pooled rows hold an image once per fold that tests it (some
+images never), patient intervals resample patients with all their tests, and each fold's own figure (fold_spread)
+is the unit Spanhol et al. report; tlrepro.data.splits.describe_protocol counts what the split file shows.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ class Unit:
 WHOLE = Unit()  # the whole split: one model
 
 
-def units_of(rows: pd.DataFrame, per_magnification: bool) -> list[Unit]:
-    """The units of one protocol's split rows, in fold then magnification order."""
-    folds = sorted({f for f in rows["fold"] if f}, key=int) or [""]
+def units_of(rows: pd.DataFrame, per_magnification: bool, max_folds: int | None = None) -> list[Unit]:
+    """The units of one protocol's split rows, in fold then magnification order; with `max_folds` (a quick pass's
+    `scale.max_folds`), only the first folds."""
+    folds = (sorted({f for f in rows["fold"] if f}, key=int) or [""])[:max_folds]
     mags = sorted({str(m) for m in rows["magnification"]}, key=int) if (
         per_magnification and "magnification" in rows) else [""]
     return [Unit(f, m) for f in folds for m in mags]
@@ -89,7 +93,10 @@ def protocol_gap(paper: pd.DataFrame, paper_correct: np.ndarray, honest: pd.Data
     if len(groups) < metrics.MIN_GROUPS:
         return {**out, "ci_low": None, "ci_high": None,
                 "ci_note": f"too few {unit}s for an interval ({len(groups)}; at least {metrics.MIN_GROUPS} needed)"}
-    weights = metrics.draw_weights(np.random.default_rng(seed), resamples, len(groups))
+    # within their class where each group holds one (tlrepro.results.metrics' stratified patient bootstrap)
+    labelled = [f[["group", "label"]] for f in (paper, honest) if "label" in f]
+    strata = metrics.column_strata(pd.concat(labelled), "group", "label") if len(labelled) == 2 else None
+    weights = metrics.draw_group_weights(np.random.default_rng(seed), resamples, strata, len(groups))
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = (weights @ pa) / (weights @ na) - (weights @ pb) / (weights @ nb)
     low, high, _ = metrics.percentiles(diff, confidence)
