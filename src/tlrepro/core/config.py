@@ -66,6 +66,8 @@ class Strict(BaseModel):
 class Scale(Strict):
     max_images_per_class: PosInt | None = None
     max_epochs: PosInt | None = None
+    # a cross-validation trains its first N folds only (at least 2, so it is still pooled over folds)
+    max_folds: Annotated[int, Field(ge=2)] | None = None
 
 
 class Dataset(Strict):
