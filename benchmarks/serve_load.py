@@ -4,8 +4,13 @@ Starts the server on loopback in a subprocess (`python -m tlrepro serve`, a free
 at the end) and sends skin JPEGs as the JSON contract ({"image": "<base64>", "model": ...}) from a minimal
 HTTP/1.1 keep-alive client on asyncio streams (each request's bytes built once, so the load generator takes
 little of the CPU it shares with the server). Traffic goes to 127.0.0.1 only; every phase is bounded in
-requests or seconds. Phases (each can be skipped with its count or seconds set to 0):
+requests or seconds. Every answer that is not a 200 is printed with its status, its time and the server's
+reason (one line each; past 20, one line per reason, with counts and times). Phases (each can be skipped with
+its count or seconds set to 0):
 
+0. cold: the first request is sent as soon as the server accepts connections, while /health still says
+   `loading` (the server loads and warms up its default model as it starts): its status and time, and when
+   /health said `ok`. Target: a 200.
 1. steady: `--clients` (16) clients send `--requests` (400) requests: requests/s, p50/p95/p99 latency,
    errors; and the server's CPU seconds per answered request from its process CPU counters
    (/proc/<pid>/stat), next to the model's own CPU per image: after the server stops, the same model is run
@@ -14,14 +19,16 @@ requests or seconds. Phases (each can be skipped with its count or seconds set t
    CPU (/proc/<pid>/task/<pid>/stat) is printed beside. The overhead ratio is (server CPU per request - model CPU per image) /
    model CPU per image (target: at most 0.30).
 2. overload: `--overload-clients` (64) clients for `--overload-seconds` (60) s, each sending its next request
-   as soon as it has an answer (no back-off): answers by status (every one should be a 200 or a 503),
-   latencies of each, the slowest 503, the server's RSS against its idle RSS (target: at most 1.5x), and
-   /health polled every 0.5 s on its own connection (target: every answer within 1 s).
+   as soon as it has an answer (no back-off): answers by status (every one should be a 200 or a 503), the
+   answered share, latencies of the 200s (targets: within serve.deadline_s) and of the 503s (time to 503:
+   at once, not after the deadline), the server's RSS against its idle RSS (target: at most 1.5x), and
+   /health polled every 0.5 s on its own connection from its own thread (target: every answer within 1 s).
 3. soak: `--clients` clients for `--soak-seconds` (300) s: errors, and RSS at the start and the end of the
    phase (target: growth at most 10 %), sampled every 5 s.
 
     python benchmarks/serve_load.py --models benchmarks/out/demo-models --model demo/MobileNetV2
     python benchmarks/serve_load.py --models /tmp/m --requests 50 --overload-seconds 10 --soak-seconds 0
+    python benchmarks/serve_load.py --smoke     # seconds, on a tiny generated model and generated images
 """
 
 from __future__ import annotations
@@ -30,15 +37,18 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import make_parser, run_main
+from _common import make_parser, run_main, smoke_folder, smoke_pictures, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR_SKIN = "fanconic/skin-cancer-malignant-vs-benign"
@@ -46,17 +56,49 @@ MIRROR_SKIN = "fanconic/skin-cancer-malignant-vs-benign"
 
 @dataclass
 class Outcome:
-    """Every answer of a phase: (status, seconds), and the exceptions (no answer) by type."""
+    """Every answer of a phase: (status, seconds), the reason of each that is not a 200 (status, seconds,
+    the server's error), and the exceptions (no answer) by type."""
 
     answers: list[tuple[int, float]] = field(default_factory=list)
+    refusals: list[tuple[int, float, str]] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def add(self, status: int, seconds: float, body: bytes) -> None:
+        self.answers.append((status, seconds))
+        if status != 200:
+            self.refusals.append((status, seconds, reason(body)))
 
     def latencies(self, status: int) -> list[float]:
         return sorted(t for s, t in self.answers if s == status)
 
     def count(self, status: int) -> int:
         return sum(1 for s, _ in self.answers if s == status)
+
+
+def reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace") or "(no body)"
+
+
+def print_refusals(title: str, outcome: Outcome, one_by_one: int = 20) -> None:
+    """Every answer that is not a 200: one line each, or past `one_by_one`, one line per reason (numbers in
+    it blanked) with how many and their times."""
+    found = outcome.refusals
+    if not found:
+        return
+    if len(found) <= one_by_one:
+        for status, seconds, text in found:
+            print(f"{title}   {status} after {seconds:.2f} s: {text}")
+        return
+    groups: dict[tuple[int, str], list[float]] = {}
+    for status, seconds, text in found:
+        groups.setdefault((status, re.sub(r"\d+(\.\d+)?", "#", text)), []).append(seconds)
+    for (status, text), times in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        print(f"{title}   {len(times)} x {status} after {min(times):.2f}-{max(times):.2f} s (median "
+              f"{percentile(times, 50):.2f} s): {text}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,10 +120,10 @@ def default_images() -> Path:
 def find_images(folder: Path, count: int) -> list[Path]:
     from tlrepro.core.errors import UserError
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file())
     if not files:
-        raise UserError(f"no JPEG under {folder}: pass --images-dir <folder of JPEGs> (the skin dataset comes from "
-                        f"`dvc repro download@skin`, or set KAGGLE_MIRROR).")
+        raise UserError(f"no JPEG or PNG under {folder}: pass --images-dir <folder of JPEGs> (the skin dataset comes "
+                        f"from `dvc repro download@skin`, or set KAGGLE_MIRROR).")
     return files[:count]
 
 
@@ -116,6 +158,18 @@ class Server:
         found = [line for line in lines if line.startswith("error:")] or lines[-1:] or ["(no output)"]
         return found[-1].removeprefix("error: ")
 
+    def errors(self, limit: int = 40) -> list[str]:
+        """The server log's error lines and the tracebacks after them (the reasons of 500s)."""
+        self.log.seek(0)
+        lines, keep, shown = self.log.read().splitlines(), 0, []
+        for line in lines:
+            if line.startswith(("ERROR", "Traceback")) or " ERROR " in line:
+                keep = 30
+            if keep:
+                shown.append(line)
+                keep -= 1
+        return shown[-limit:]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -127,6 +181,7 @@ class Server:
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> tuple[int, bytes]:
+    """(status, body) of one request on a keep-alive connection."""
     writer.write(payload)
     await writer.drain()
     status = int((await reader.readline()).split()[1])
@@ -155,8 +210,8 @@ async def drive(port: int, payloads: list[bytes], clients: int, *, requests: int
             try:
                 if connection is None:
                     connection = await asyncio.open_connection("127.0.0.1", port)
-                status, _ = await asyncio.wait_for(exchange(*connection, payload), timeout)
-                outcome.answers.append((status, time.perf_counter() - start))
+                status, body = await asyncio.wait_for(exchange(*connection, payload), timeout)
+                outcome.add(status, time.perf_counter() - start, body)
             except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
                 outcome.failures[type(exc).__name__] = outcome.failures.get(type(exc).__name__, 0) + 1
                 if connection is not None:
@@ -171,34 +226,50 @@ async def drive(port: int, payloads: list[bytes], clients: int, *, requests: int
     return outcome
 
 
-async def watch(port: int, server: Server, stop: asyncio.Event, health: list[float], rss: list[float],
-                every: float) -> None:
-    """Until `stop`: /health's latency (a new connection each time, as a monitor makes) and the server's RSS,
-    every `every` seconds."""
-    get = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    while not stop.is_set():
-        start = time.perf_counter()
-        connection = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            status, _ = await asyncio.wait_for(exchange(*connection, get), 30)
-        finally:
-            connection[1].close()
-        health.append(time.perf_counter() - start if status == 200 else float("inf"))
-        rss.append(server.rss_mib())
-        try:
-            await asyncio.wait_for(stop.wait(), every)
-        except TimeoutError:
-            pass
+def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """(status, body) of one GET on a new connection (as a monitor makes), with blocking sockets."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
-async def watched(port: int, server: Server, payloads: list[bytes], clients: int, seconds: float, every: float
-                  ) -> tuple[Outcome, list[float], list[float]]:
-    stop, health, rss = asyncio.Event(), [], []
-    watcher = asyncio.create_task(watch(port, server, stop, health, rss, every))
-    outcome = await drive(port, payloads, clients, seconds=seconds)
-    stop.set()
-    await watcher
-    return outcome, health, rss
+class Watch(threading.Thread):
+    """/health's latency and the server's RSS every `every` seconds until stopped, from a thread of its own
+    (the load generator's event loop never delays a poll, so the figure is the server's)."""
+
+    def __init__(self, port: int, server: Server, every: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.server, self.every = port, server, every
+        self.health: list[float] = []
+        self.rss: list[float] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            start = time.perf_counter()
+            try:
+                status, _ = http_get(self.port, "/health")
+            except OSError:
+                status = 0
+            self.health.append(time.perf_counter() - start if status == 200 else float("inf"))
+            self.rss.append(self.server.rss_mib())
+            self.stopped.wait(self.every)
+
+
+def watched(port: int, server: Server, payloads: list[bytes], clients: int, seconds: float, every: float
+            ) -> tuple[Outcome, list[float], list[float]]:
+    watch = Watch(port, server, every)
+    watch.start()
+    try:
+        outcome = asyncio.run(drive(port, payloads, clients, seconds=seconds))
+    finally:
+        watch.stopped.set()
+        watch.join(timeout=60)
+    return outcome, watch.health, watch.rss
 
 
 def health_of(port: int) -> dict:
@@ -207,7 +278,8 @@ def health_of(port: int) -> dict:
     return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
 
 
-def wait_until_up(server: Server, timeout: float) -> dict:
+def wait_until(server: Server, timeout: float, ready: bool) -> dict:
+    """/health once the server answers it (`ready`: once it says its default model is loaded)."""
     import httpx
 
     from tlrepro.core.errors import UserError
@@ -217,10 +289,42 @@ def wait_until_up(server: Server, timeout: float) -> dict:
         if server.process.poll() is not None:
             raise UserError(f"the server exited with code {server.process.returncode}: {server.last_error()}")
         try:
-            return health_of(server.port)
+            health = health_of(server.port)
+            if not ready or health["status"] != "loading":
+                return health
         except httpx.HTTPError:
-            time.sleep(0.25)
-    raise UserError(f"the server did not answer /health within {timeout:g} s (pass --startup-timeout).")
+            pass
+        time.sleep(0.1)
+    raise UserError(f"the server did not answer /health{' ready' if ready else ''} within {timeout:g} s (pass "
+                    f"--startup-timeout).")
+
+
+def cold_start(server: Server, payload: bytes, timeout: float) -> None:
+    """The first request, sent as soon as the server accepts connections: its answer and time, and when /health
+    said the default model was ready (polled meanwhile from another thread)."""
+    first_status = wait_until(server, timeout, ready=False)["status"]
+    started = time.monotonic()  # the server accepts connections
+    ready: list[float] = []
+
+    def poll() -> None:
+        while time.monotonic() - started < timeout:
+            try:
+                if json.loads(http_get(server.port, "/health")[1])["status"] != "loading":
+                    ready.append(time.monotonic() - started)
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    outcome = asyncio.run(drive(server.port, [payload], 1, requests=1, timeout=timeout))
+    poller.join(timeout=timeout)
+    status, seconds = outcome.answers[0] if outcome.answers else (0, float("nan"))
+    print(f"[cold] first request, sent while /health said {first_status!r}: "
+          f"{status or outcome.failures} in {seconds:.2f} s; /health said ready "
+          f"{ready[0] if ready else float('nan'):.1f} s after the server accepted connections", flush=True)
+    print_refusals("[cold]", outcome)
 
 
 def model_cpu_per_image(models: Path | None, model: str, files: list[Path], sizes: dict[int, int],
@@ -256,6 +360,25 @@ def report_latencies(title: str, values: list[float]) -> str:
             f"p99 {1000 * percentile(values, 99):.0f} ms, max {1000 * max(values, default=float('nan')):.0f} ms")
 
 
+def request_bytes(port: int, path: Path, model: str | None) -> bytes:
+    """One POST /v1/predict, as the JSON contract, byte for byte (built once, sent many times)."""
+    fields = {"image": base64.b64encode(path.read_bytes()).decode(), **({"model": model} if model else {})}
+    body = json.dumps(fields).encode()
+    return (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def smoke_setup(args) -> None:
+    """`--smoke`: a tiny model trained on generated pictures, a few of them as the images, phases of seconds."""
+    base = smoke_folder() / "serve-load"
+    tiny_model(base / "models", train_per_class=40, epochs=2)
+    args.models, args.model = base / "models", "demo/tiny"
+    args.images_dir = smoke_pictures(base / "images", 4, seed=7)
+    args.images, args.clients, args.requests = 8, 4, 16
+    args.overload_clients, args.overload_seconds, args.soak_seconds = 8, 2.0, 2.0
+    args.startup_timeout = 120.0
+
+
 def main() -> int:
     parser = make_parser(__doc__, study_options=False)
     parser.add_argument("--models", type=Path, default=None, help="folder of saved models (default: models/)")
@@ -274,20 +397,20 @@ def main() -> int:
 
     def run() -> None:
         nonlocal server
+        if args.smoke:
+            smoke_setup(args)
         files = find_images(args.images_dir or default_images(), args.images)
         server = Server(args.models, args.model)
-        print(f"server pid {server.process.pid} on 127.0.0.1:{server.port}; waiting for it to load the model ...",
-              flush=True)
-        health = wait_until_up(server, args.startup_timeout)
-        model = args.model or health["default"]
-        payloads = []
-        for path in files:
-            body = json.dumps({"image": base64.b64encode(path.read_bytes()).decode(), "model": model}).encode()
-            payloads.append(f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: "
-                            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        print(f"model {model}; {len(files)} JPEGs; limits {health['limits']}; load average "
+        print(f"server pid {server.process.pid} on 127.0.0.1:{server.port}; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        asyncio.run(drive(server.port, payloads, args.clients, requests=4 * args.clients))  # warm-up
+        cold_start(server, request_bytes(server.port, files[0], args.model), args.startup_timeout)
+        health = wait_until(server, args.startup_timeout, ready=True)
+        model = args.model or health["default"]
+        payloads = [request_bytes(server.port, path, model) for path in files]
+        print(f"model {model}; {len(files)} images; limits {health['limits']}; measured seconds per model call by "
+              f"batch size {health['batching'].get(model, {}).get('call_seconds')}", flush=True)
+        warm = asyncio.run(drive(server.port, payloads, args.clients, requests=4 * args.clients))
+        print_refusals("[warm-up]", warm)
         idle = server.rss_mib()
         print(f"idle RSS after warm-up: {idle:.0f} MiB", flush=True)
 
@@ -301,35 +424,48 @@ def main() -> int:
         ok = steady.latencies(200)
         errors = len(steady.answers) - len(ok) + sum(steady.failures.values())
         print(f"\n[steady] {args.clients} clients, {args.requests} requests: {len(ok) / steady.seconds:.1f} req/s, "
-              f"errors {errors}; " + report_latencies("latency", ok))
+              f"errors {errors}{f' (no answer: {steady.failures})' if steady.failures else ''}; "
+              + report_latencies("latency", ok))
+        print_refusals("[steady]", steady)
         print(f"[steady] server CPU {cpu:.1f} s for {len(ok)} answers = {1000 * cpu / max(len(ok), 1):.1f} ms per "
               f"request (its event-loop thread {1000 * loop_cpu / max(len(ok), 1):.2f} ms); model calls by batch "
               f"size {dict(sorted(sizes.items()))}", flush=True)
 
         if args.overload_seconds:
-            outcome, health_times, rss = asyncio.run(watched(server.port, server, payloads, args.overload_clients,
-                                                             args.overload_seconds, 0.5))
+            before = health_of(server.port)["batching"][model]
+            outcome, health_times, rss = watched(server.port, server, payloads, args.overload_clients,
+                                                 args.overload_seconds, 0.5)
+            after = health_of(server.port)["batching"][model]
+            calls = {k: v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
             statuses = sorted({s for s, _ in outcome.answers})
             counts = ", ".join(f"{s}: {outcome.count(s)}" for s in statuses)
+            sent = len(outcome.answers) + sum(outcome.failures.values())
             print(f"\n[overload] {args.overload_clients} clients for {args.overload_seconds:g} s: answers {counts}; "
-                  f"no answer {outcome.failures or 0}")
+                  f"no answer {outcome.failures or 0}; answered (200) {100 * outcome.count(200) / max(sent, 1):.1f} % "
+                  f"of {sent}")
             print("[overload] " + report_latencies("200s", outcome.latencies(200)))
-            print("[overload] " + report_latencies("503s", outcome.latencies(503)))
-            print(f"[overload] /health: {len(health_times)} polls, slowest {1000 * max(health_times):.0f} ms; RSS "
+            print("[overload] " + report_latencies("time to 503", outcome.latencies(503)))
+            print_refusals("[overload]", outcome)
+            print(f"[overload] model calls by batch size {({k: v for k, v in calls.items() if v})}; seconds per call "
+                  f"by batch size after it {after['call_seconds']}")
+            print(f"[overload] /health: {len(health_times)} polls, p50 {1000 * percentile(health_times, 50):.0f} ms, "
+                  f"slowest {1000 * max(health_times):.0f} ms; RSS "
                   f"idle {idle:.0f} MiB, max {max(rss):.0f} MiB = {max(rss) / idle:.2f}x idle", flush=True)
             time.sleep(2)
 
         if args.soak_seconds:
-            outcome, health_times, rss = asyncio.run(watched(server.port, server, payloads, args.clients,
-                                                             args.soak_seconds, 5.0))
+            outcome, health_times, rss = watched(server.port, server, payloads, args.clients, args.soak_seconds, 5.0)
             errors = len(outcome.answers) - outcome.count(200) + sum(outcome.failures.values())
             print(f"\n[soak] {args.clients} clients for {args.soak_seconds:g} s: {outcome.count(200)} answered, "
                   f"errors {errors}; " + report_latencies("latency", outcome.latencies(200)))
+            print_refusals("[soak]", outcome)
             print(f"[soak] RSS first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB: growth "
                   f"{100 * (rss[-1] / rss[0] - 1):+.1f} % (last/first), {100 * (max(rss) / rss[0] - 1):+.1f} % "
                   f"(max/first); /health slowest {1000 * max(health_times):.0f} ms", flush=True)
 
         server.stop()
+        if errors := server.errors():
+            print("\n[server log] errors:\n" + "\n".join(errors))
         model_cpu = model_cpu_per_image(args.models, model, files, sizes)
         server_cpu = cpu / max(len(ok), 1)
         print(f"\n[overhead] model CPU {1000 * model_cpu:.1f} ms per image (in memory, replaying the steady run's "

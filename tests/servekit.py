@@ -94,13 +94,24 @@ def good_request_still_succeeds(client, blobs) -> None:
 
 
 def refused(response, status: int, *fragments: str) -> str:
+    """The error of a refusal: JSON `error` (for programs; may name settings) holding each fragment, and a
+    `message` for the page's reader beside it whenever `error` names a setting (the message never does)."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error"} and "Traceback" not in body["error"], body
+    assert set(body) <= {"error", "message"} and "Traceback" not in body["error"], body
     for fragment in fragments:
         assert fragment in body["error"], (fragment, body["error"])
+    if "serve." in body["error"] or "server log" in body["error"]:
+        assert "message" in body, body
+    assert "serve." not in body.get("message", "") and "server log" not in body.get("message", ""), body
     return body["error"]
+
+
+def wait_ready(client, timeout: float = 60.0) -> dict:
+    """/health once the default model is loaded and warmed up (it says `loading` until then)."""
+    wait_for(lambda: client.get("/health").json()["status"] != "loading", "the default model to load", timeout)
+    return client.get("/health").json()
 
 
 def wait_for(condition, what: str, timeout: float = 20.0) -> None:
@@ -143,3 +154,32 @@ def raw_request(port: int, target: str, host: str | None = None) -> tuple[int, s
             chunks.append(chunk)
     text = b"".join(chunks).decode("utf-8", "replace")
     return int(text.split(" ", 2)[1]), text
+
+
+class Held:
+    """Wraps a function so that each call announces itself and waits (bounded) until let through: `one()` lets
+    one call through, `release.set()` all of them (or, with `seconds`, each call just takes that long)."""
+
+    def __init__(self, real, seconds: float = 0.0) -> None:
+        self.real, self.seconds = real, seconds
+        self.entered, self.gate = threading.Semaphore(0), threading.Semaphore(0)
+        self.release = threading.Event()
+        self.calls = 0
+
+    def one(self) -> None:
+        self.gate.release()
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        self.entered.release()
+        if self.seconds:
+            time.sleep(self.seconds)
+        else:
+            deadline = time.monotonic() + 30
+            while not self.release.is_set() and not self.gate.acquire(timeout=0.02) and time.monotonic() < deadline:
+                pass
+        return self.real(*args, **kwargs)
+
+    def wait_entered(self, what: str) -> None:
+        if not self.entered.acquire(timeout=30):
+            pytest.fail(f"timed out waiting for {what}")

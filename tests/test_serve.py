@@ -28,6 +28,7 @@ from servekit import (
     make_project,
     png_claiming,
     refused,
+    wait_ready,
 )
 
 from tlrepro.core import paths
@@ -309,6 +310,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(project, b
 def test_a_failed_model_call_fails_only_its_batch(project, blobs, monkeypatch):
     with TestClient(make_app(project, default_model="demo/red"), base_url="http://127.0.0.1",
                     raise_server_exceptions=False) as client:
+        wait_ready(client)
         with monkeypatch.context() as patched:
             patched.setattr(batching, "predict_batch", lambda *a: (_ for _ in ()).throw(MemoryError("oom")))
             refused(client.post("/v1/predict", json=as_json(blobs[0])), 500, "MemoryError")

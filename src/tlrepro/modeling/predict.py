@@ -8,7 +8,8 @@ and the perceptual hashes of its eight rotations and flips, as sent and as prepa
 as the split audit compares images, with the hashes of the images that shaped the model (its card: the
 training images, the validation images that chose its epoch and threshold, and an `init_from` model's
 pretraining images), so every prediction says whether the image was, nearly, seen, and how near the
-nearest one is. Unreadable images are listed with the reason and never stop the rest.
+nearest one is. Unreadable images are listed with the reason and never stop the rest, and so are images
+with a side under serve.min_image_side pixels (`tlrepro predict`, the service): too little to label.
 
     tlrepro predict models/sarker2025/MobileNetV2.keras some/folder --out predictions.csv
 """
@@ -39,13 +40,51 @@ DEFAULT_SEEN_DISTANCE = 4  # bits of perceptual-hash distance that count as "the
 HASHES = 2 * len(images.VIEWS)  # per image: its eight dihedral forms as sent, then as prepared
 
 
-def _decode_file(path: bytes, size: int, prepare: Any = None) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+def too_small(data: bytes, min_side: int) -> str | None:
+    """Why an image is refused for its size (a side under `min_side` pixels, read from its header alone), or
+    None; an image whose header cannot be read, or in a format not decoded, is left to the decoder to explain."""
+    if min_side <= 1:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, known = *image.size, image.format in images.DECODED_FORMATS
+    except Exception:
+        return None
+    if not known or min(width, height) >= min_side:
+        return None
+    return (f"too small ({width}x{height} pixels): an image needs at least {min_side} pixels a side to be labelled "
+            f"(serve.min_image_side); send the original, not a thumbnail")
+
+
+def decode_checked(data: bytes, size: int, prepare: Any = None, max_pixels: int = images.MAX_PIXELS,
+                   min_side: int = 1) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    """images.decode_image, refusing first an image with a side under `min_side` pixels."""
+    if (reason := too_small(data, min_side)) is not None:
+        return np.zeros((size, size, 3), np.uint8), np.zeros(HASHES, np.int64), False, reason.encode()
+    return images.decode_image(data, size, prepare, max_pixels)
+
+
+def _decode_file(path: bytes, size: int, prepare: Any = None, min_side: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
     try:
         data = inputs.read_regular(os.fsdecode(path))
     except OSError as exc:
         return (np.zeros((size, size, 3), np.uint8), np.zeros(HASHES, np.int64), False,
                 f"unreadable file: {exc.strerror or exc}".encode())
-    return images.decode_image(data, size, prepare)
+    return decode_checked(data, size, prepare, min_side=min_side)
+
+
+def _decode_bytes(data: bytes, size: int, prepare: Any = None, min_side: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    return decode_checked(data, size, prepare, min_side=min_side)
+
+
+def min_image_side() -> int:
+    """serve.min_image_side from params.yaml when there is one (`tlrepro predict` also runs outside a project),
+    else its default."""
+    from tlrepro.core.config import Serve, load_params
+
+    return load_params().serve.min_image_side if paths.PARAMS_FILE.is_file() else Serve().min_image_side
 
 
 def _nearest(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -68,12 +107,13 @@ class Predictor:
     model_path: Path
     model: Any = field(repr=False)
     card: dict[str, Any] = field(repr=False)
+    min_side: int = 1  # images with a side under this many pixels are refused (`tlrepro predict`: serve.min_image_side)
 
     @classmethod
-    def load(cls, model: str | Path, models_dir: Path | None = None) -> Predictor:
+    def load(cls, model: str | Path, models_dir: Path | None = None, *, min_side: int = 1) -> Predictor:
         path = cards.resolve(str(model), models_dir)
         keras_model, card = cards.load(path)
-        return cls(path, keras_model, card)
+        return cls(path, keras_model, card, min_side)
 
     def __post_init__(self) -> None:
         self.size = int(self.card["image_size"])
@@ -91,7 +131,7 @@ class Predictor:
     def decode(self, data: bytes, max_pixels: int = images.MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
         """(uint8 image for the model, its perceptual hashes, ok, reason) from encoded bytes, with the card's
         steps before the model: how every caller (predict, Grad-CAM, the service) turns a file into input."""
-        return images.decode_image(data, self.size, self.prepare, max_pixels)
+        return decode_checked(data, self.size, self.prepare, max_pixels, self.min_side)
 
     def forward(self, batch: Any) -> np.ndarray:
         """The model's raw output for a batch of float32 images (N, size, size, 3), values 0..255."""
@@ -107,10 +147,11 @@ class Predictor:
 
         items = list(from_bytes) if from_bytes is not None else [os.fsencode(s) for s in sources]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(items, dtype=tf.string))
-        reader = images.decode_image if from_bytes is not None else _decode_file
+        reader = _decode_bytes if from_bytes is not None else _decode_file
 
         def decode(item):
-            image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size, self.prepare), [item],
+            image, bits, ok, reason = tf.numpy_function(lambda d: reader(d, self.size, self.prepare, self.min_side),
+                                                        [item],
                                                         [tf.uint8, tf.int64, tf.bool, tf.string])
             image = tf.ensure_shape(tf.cast(image, tf.float32), (self.size, self.size, 3))
             return image, tf.ensure_shape(bits, (HASHES,)), tf.ensure_shape(ok, ()), tf.ensure_shape(reason, ())
@@ -210,8 +251,10 @@ def find_images(folder: Path) -> tuple[list[Path], pd.DataFrame, int]:
 
 
 def predict_folder(model: str | Path, folder: str | Path, *, out: str | Path = "predictions.csv", batch_size: int = 32,
-                   progress: bool = True, explain: bool = False) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """Label every image under `folder`; write the CSV (and <out>.rejected.csv when some could not be read).
+                   progress: bool = True, explain: bool = False, min_side: int | None = None
+                   ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Label every image under `folder`; write the CSV (and <out>.rejected.csv when some could not be read, or
+    have a side under `min_side` pixels: default serve.min_image_side).
 
     Everything that can be checked without TensorFlow (folder, images, model file, card) is checked first,
     so a mistake costs a second, not a TensorFlow start."""
@@ -225,7 +268,7 @@ def predict_folder(model: str | Path, folder: str | Path, *, out: str | Path = "
         raise UserError(f"{folder} holds no image that prepare accepts ({', '.join(sorted(images.IMAGE_EXTENSIONS))})"
                         f"{f'; {len(rejected_files)} rejected' if len(rejected_files) else ''}: point at a folder of images.")
     cards.read_card(cards.resolve(str(model)))
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, min_side=min_image_side() if min_side is None else min_side)
     names = [os.path.relpath(f, folder) for f in files]
     table, rejected = predictor.predict_paths(files, batch_size=batch_size, progress=progress, names=names)
     rejected_files = rejected_files.assign(path=[os.path.relpath(p, folder) for p in rejected_files["path"]])

@@ -7,31 +7,39 @@
     POST /v1/explain   the same input -> the prediction plus `overlay_png`: Grad-CAM of the predicted class
                        (last convolutional block) over the image at the model's input size, base64 PNG
     GET  /v1/models    every model's card summary, and which one is the default and why
-    GET  /health       liveness, the models found and loaded, batching and queue counts
+    GET  /health       liveness (`loading` until the default model is ready), the models found and loaded,
+                       batching and queue counts
     GET  /docs         FastAPI's OpenAPI page (/openapi.json)
     GET  /             the web page (tlrepro.serve.page); /reports/<name>.html the rendered reports
 
 How a request flows, and where it can be refused (every refusal is `{"error": "..."}`):
 - the guard (tlrepro.serve.guard): a foreign Host is a 421, a POST from another web page a 403;
 - the body is read on the event loop, refused (413) past serve.max_upload_mb;
+- a request its model's queue would refuse anyway (below) is refused there and then, when the body's bytes
+  name its model plainly;
 - parsing and decoding run in the decoding threads (tlrepro.serve.inputs; a 503 when serve.max_queue jobs
   are already in hand there), the image decoded once, as `tlrepro predict` decodes it, so a probability here
-  equals the one `predict` writes;
-- the model call is batched with its neighbours in the model's own thread (tlrepro.serve.batching; a 503 at
-  once when serve.max_queue requests wait, checked before the image is decoded and again on arrival, or
-  when the queue would keep this one past its deadline);
-- /v1/explain then computes Grad-CAM in the explain threads (serve.explain_workers; a 503 past
-  serve.max_explain_queue), which predictions never wait for;
+  equals the one `predict` writes (an image under serve.min_image_side pixels a side is a 422);
+- a model not loaded yet is loaded and warmed up first (tlrepro.serve.registry): that wait is not counted
+  in the request's deadline;
+- /v1/predict: the model call is batched with its neighbours in the model's own thread
+  (tlrepro.serve.batching; a 503 at once when serve.max_queue requests wait, or when the work ahead and its
+  own call would end past its deadline: checked before the image is decoded and again on arrival);
+- /v1/explain: the prediction and Grad-CAM run together in the explain threads (serve.explain_workers; a
+  503 past serve.max_explain_queue), never in the predict queue, which never waits for them either;
 - a request not answered within serve.deadline_s is a 503. Every 503 for load carries Retry-After.
-/health does no work beyond reading counters, so it answers at once under any load.
+Every error is `{"error": ...}` (for programs: it may name settings), with `message` beside it when a person
+at the web page needs other words. /health does no work beyond reading counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +86,7 @@ def serve_settings(params: Any) -> Any:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -100,7 +108,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": f"unexpected server error ({type(exc).__name__}): the request was not "
                                       f"processed; the server keeps running. Try again, and report it with the "
-                                      f"server log if it persists."}, status_code=500)
+                                      f"server log if it persists.",
+                             "message": "Something went wrong on the server and the image was not labelled. "
+                                        "Please try again."}, status_code=500)
+
+
+class Deadline:
+    """A request's deadline (asyncio.timeout_at), which a wait that is not the request's own can pause."""
+
+    def __init__(self, timeout: asyncio.Timeout) -> None:
+        self.timeout = timeout
+
+    def monotonic(self) -> float:
+        """The deadline on time.monotonic's clock (what the batcher compares with, from any thread)."""
+        when = self.timeout.when()
+        return float("inf") if when is None else time.monotonic() + when - asyncio.get_running_loop().time()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        left = (self.timeout.when() or loop.time()) - loop.time()
+        self.timeout.reschedule(None)
+        try:
+            yield
+        finally:
+            self.timeout.reschedule(loop.time() + left)
 
 
 def create_app(models_dir: Path | str | None = None, default: str | None = None, params: Any = None, *,
@@ -126,6 +158,8 @@ def create_app(models_dir: Path | str | None = None, default: str | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if registry.default is not None:  # loaded and warmed up while /health says `loading`
+            registry.start_loading(registry.entry(None))
         yield
         await registry.close()
         decoding.close()
@@ -139,43 +173,61 @@ def create_app(models_dir: Path | str | None = None, default: str | None = None,
     app.state.lanes = {"decoding": decoding, "explaining": explaining}
     _install_error_handlers(app)
 
-    def admit(name: str | None) -> tuple[int, Any]:
+    def admit(name: str | None, deadline: float, lane: Lane | None) -> tuple[int, Any]:
         """The model's input size and its card's steps before the model; refused (from a decoding thread) before
-        the image is decoded when its queue is already full: under overload the decoding would be wasted."""
+        the image is decoded when the request would be refused anyway: its model's queue is full or would keep
+        it past its deadline, or (an explanation, `lane`) the explain lane is full."""
         entry = registry.entry(name)
-        if entry.batcher is not None:
-            entry.batcher.check_room()
+        if lane is not None:
+            lane.check_room()
+        elif entry.batcher is not None:
+            entry.batcher.check_room(deadline)
         return entry.size, entry.prepare
 
-    async def prediction(request: Request, deadline: float) -> tuple[dict[str, Any], ModelEntry, np.ndarray]:
+    async def decoded(request: Request, deadline: Deadline, lane: Lane | None = None
+                      ) -> tuple[inputs.Upload, ModelEntry, Any]:
+        """The request's image decoded for its model, and the model, ready (a load not counted in the deadline)."""
         query = inputs.check_query(request, ("model",))
         kind = inputs.media_kind(request)
         body = await inputs.read_body(request, inputs.body_cap(kind, limit), limit)
+        known, hint = inputs.model_hint(kind, body, query.get("model") or None)
+        if known and (hint or registry.default) in registry.entries:  # refused here costs no decoding thread
+            admit(hint, deadline.monotonic(), lane)
+        checked = functools.partial(admit, deadline=deadline.monotonic(), lane=lane)
         upload = await decoding.run(inputs.read_image, kind, request.headers.get("content-type", ""), body,
-                                    query.get("model") or None, admit, limit, settings.max_pixels)
+                                    query.get("model") or None, checked, limit, settings.max_pixels,
+                                    settings.min_image_side)
         entry = registry.entry(upload.model)
-        predictor = await registry.predictor(entry)
-        row = await entry.batcher.submit(upload.array, deadline)
+        if entry.predictor is not None:
+            return upload, entry, entry.predictor
+        with deadline.paused():
+            return upload, entry, await registry.predictor(entry)
+
+    def answer(entry: ModelEntry, predictor: Any, row: np.ndarray, upload: inputs.Upload) -> dict[str, Any]:
         probs = np.asarray(row, dtype="float64")[None, :]
-        label = predictor.labels_of(probs)[0]
         per_class = predictor.probabilities(probs)[0]
         distance = int(predictor.nearest_training(np.asarray(upload.bits, dtype=np.int64)[None, :].view(np.uint64))[0])
-        answer = {"predicted_label": label,
-                  "probabilities": {c: round(float(p), 6) for c, p in zip(predictor.classes, per_class, strict=True)},
-                  "model": entry.name,
-                  "threshold": None if predictor.threshold is None else float(predictor.threshold),
-                  "seen_in_training": bool(distance <= predictor.seen_distance),
-                  "nearest_training_distance": distance}
-        return answer, entry, upload.array
+        return {"predicted_label": predictor.labels_of(probs)[0],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(predictor.classes, per_class, strict=True)},
+                "model": entry.name,
+                "threshold": None if predictor.threshold is None else float(predictor.threshold),
+                "seen_in_training": bool(distance <= predictor.seen_distance),
+                "nearest_training_distance": distance}
+
+    def explained(entry: ModelEntry, predictor: Any, upload: inputs.Upload) -> dict[str, Any]:
+        """The answer and its Grad-CAM overlay, both computed in an explain thread."""
+        found = answer(entry, predictor, entry.predict_one(upload.array), upload)
+        return {**found, "overlay_png": entry.explain(upload.array, found["predicted_label"])}
 
     @contextlib.asynccontextmanager
-    async def within_deadline(request: Request) -> AsyncIterator[float]:
-        """The request's deadline (loop time); a 503 with Retry-After when it passes before the answer."""
-        deadline = asyncio.get_running_loop().time() + settings.deadline_s
+    async def within_deadline(request: Request) -> AsyncIterator[Deadline]:
+        """The request's deadline; a 503 with Retry-After when it passes before the answer."""
         try:
-            async with asyncio.timeout_at(deadline):
-                yield deadline
+            async with asyncio.timeout(settings.deadline_s) as timeout:
+                yield Deadline(timeout)
         except TimeoutError:
+            log.warning("%s not answered within serve.deadline_s (%g s): the server is overloaded",
+                        request.url.path, settings.deadline_s)
             raise busy(f"not answered within serve.deadline_s ({settings.deadline_s:g} s): the server is "
                        f"overloaded", registry.retry_after(request.query_params.get("model"))) from None
 
@@ -183,16 +235,16 @@ def create_app(models_dir: Path | str | None = None, default: str | None = None,
               summary="Label one image (benign or malignant)")
     async def predict(request: Request) -> dict[str, Any]:
         async with within_deadline(request) as deadline:
-            answer, _, _ = await prediction(request, deadline)
-        return answer
+            upload, entry, predictor = await decoded(request, deadline)
+            row = await entry.batcher.submit(upload.array, deadline.monotonic())
+        return answer(entry, predictor, row, upload)
 
     @app.post("/v1/explain", response_model=ExplanationOut, responses=ERRORS, openapi_extra=IMAGE_REQUEST,
               summary="Label one image and show where the model looked (Grad-CAM)")
     async def explain(request: Request) -> dict[str, Any]:
         async with within_deadline(request) as deadline:
-            answer, entry, array = await prediction(request, deadline)
-            overlay = await explaining.run(entry.explain, array, answer["predicted_label"])
-        return {**answer, "overlay_png": overlay}
+            upload, entry, predictor = await decoded(request, deadline, explaining)
+            return await explaining.run(explained, entry, predictor, upload)
 
     @app.get("/v1/models", summary="The models served, with their card summaries, and the default and why")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -206,10 +258,11 @@ def create_app(models_dir: Path | str | None = None, default: str | None = None,
         entry = registry.entry(name)
         return {**registry.summary(entry), "card": cards.card_summary(entry.card)}
 
-    @app.get("/health", summary="Liveness, models found and loaded, batching and queue counts")
+    @app.get("/health", summary="Liveness (`loading` until the default model is ready), models found and "
+                                "loaded, batching and queue counts")
     async def health(request: Request) -> dict[str, Any]:
         inputs.check_query(request)
-        return {"status": "ok", **registry.health(),
+        return {**registry.health(),
                 "limits": {k: getattr(settings, k) for k in ("max_batch", "max_wait_ms", "max_queue", "deadline_s",
                                                               "decode_workers", "explain_workers", "max_explain_queue")},
                 "lanes": {name: lane.stats() for name, lane in app.state.lanes.items()}}

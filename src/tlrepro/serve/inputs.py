@@ -4,7 +4,8 @@ Only the body's bytes are read on the event loop (refused with a 413 as soon as 
 on Content-Length and again while they stream in). Everything that costs CPU in proportion to the upload
 (JSON parsing, multipart parsing, base64, the image decode) is one call, `read_image`, that the app runs in
 its decoding threads. The image is decoded exactly once, by `tlrepro.data.images.decode_image` (the path
-`tlrepro predict` and the study evaluations use), which refuses too many pixels from the header alone.
+`tlrepro predict` and the study evaluations use), which refuses too many pixels from the header alone; an
+image with a side under serve.min_image_side pixels is refused (422) from its header too, as `predict` does.
 
 Every field is checked: an unknown query, JSON or form field is a 400 naming it, never silently ignored;
 `model` may come in the body or as ?model=, not as two different names.
@@ -16,13 +17,13 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 
-from tlrepro.data import images
 from tlrepro.serve.schemas import JSON_EXAMPLE, ApiError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the `model` field around the file
@@ -30,6 +31,7 @@ JSON_OVERHEAD = 8 * 1024  # the JSON around the base64 string
 IMAGE_FIELDS = ("image", "model")  # a JSON body's fields
 FORM_FIELDS = ("file", "model")  # a multipart body's fields
 MAX_PARTS = 8
+JSON_MODEL = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9_./-]{1,200})"')  # a plain `model` field, as clients send it
 
 
 @dataclass
@@ -68,7 +70,9 @@ def check_query(request: Request, allowed: tuple[str, ...] = ()) -> dict[str, st
 
 def _too_large(size: int, limit: int, what: str = "upload") -> ApiError:
     return ApiError(413, f"{what} too large: {size / 1e6:.1f} MB, the limit is {limit / 1e6:g} MB "
-                         f"(serve.max_upload_mb): send a smaller image, e.g. a JPEG of the region of interest.")
+                         f"(serve.max_upload_mb): send a smaller image, e.g. a JPEG of the region of interest.",
+                    reader=f"The image is too large ({size / 1e6:.1f} MB; at most {limit / 1e6:g} MB): send a smaller "
+                           f"image, e.g. a JPEG of the region of interest.")
 
 
 def body_cap(kind: str, limit: int) -> int:
@@ -94,6 +98,21 @@ async def read_body(request: Request, cap: int, limit: int) -> bytes:
             raise _too_large(total, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def model_hint(kind: str, body: bytes, query_model: str | None) -> tuple[bool, str | None]:
+    """(True, the model named: None for the default) when the body's raw bytes tell it for certain, without
+    parsing them (no `model` field at all, or one plain `model` string: base64 has no quotes); else (False,
+    None). On the event loop, so that a request its model's queue would refuse anyway is refused before it
+    takes a decoding thread; everything is checked again after the parse."""
+    if kind == "json":
+        mentions = body.count(b'"model"')
+        if not mentions:
+            return True, query_model
+        found = JSON_MODEL.search(body) if mentions == 1 else None
+        named = found[1].decode() if found else None
+        return (True, named) if named and query_model in (None, named) else (False, None)
+    return (True, query_model) if b'name="model"' not in body else (False, None)
 
 
 def base64_image(value: str, limit: int) -> bytes:
@@ -187,16 +206,26 @@ def parse_multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, 
     return data, (model.value.decode("utf-8", "replace") if model is not None and model.value else None)
 
 
-def decode_upload(data: bytes, size: int, max_pixels: int, prepare: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_upload(data: bytes, size: int, max_pixels: int, prepare: Any = None, min_side: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 image resized for the model, its perceptual hashes): one decode, by the project's one decoding
-    path, with the card's steps before the model (`prepare`, e.g. stain normalization)."""
-    array, bits, ok, reason = images.decode_image(data, size, prepare, max_pixels)
+    path, with the card's steps before the model (`prepare`, e.g. stain normalization); an image with a side
+    under `min_side` pixels is refused from its header, as `tlrepro predict` refuses it."""
+    from tlrepro.modeling.predict import decode_checked
+
+    array, bits, ok, reason = decode_checked(data, size, prepare, max_pixels, min_side)
     if ok:
         return array, bits
     text = reason.decode()
+    if text.startswith("too small"):
+        shown = text.split(":")[0].removeprefix("too small ")
+        raise ApiError(422, f"image {text}.", reader=f"The image is too small to be labelled {shown}: it needs at "
+                                                     f"least {min_side} pixels on each side. Send the original image, "
+                                                     f"not a thumbnail.")
     if text.startswith("too large"):
         raise ApiError(413, f"image {text}: more pixels than serve.max_pixels ({max_pixels:,}); resize it first "
-                            f"(a small file claiming this many pixels is a decompression bomb).")
+                            f"(a small file claiming this many pixels is a decompression bomb).",
+                       reader="The image has too many pixels: resize it first.")
     if text.startswith("unsupported"):
         raise ApiError(415, f"{text}.")
     if text.startswith(("not an image", "empty")):
@@ -205,7 +234,7 @@ def decode_upload(data: bytes, size: int, max_pixels: int, prepare: Any = None) 
 
 
 def read_image(kind: str, content_type: str, body: bytes, query_model: str | None, admit: Any, limit: int,
-               max_pixels: int) -> Upload:
+               max_pixels: int, min_side: int = 1) -> Upload:
     """The whole CPU-bound part of reading a request (run off the event loop): parse the body, check its
     fields, look the model up (`admit(name)`: its input size and steps, or a 404 for an unknown model and a 503 for a
     full queue, before the image is decoded), decode the image."""
@@ -219,6 +248,6 @@ def read_image(kind: str, content_type: str, body: bytes, query_model: str | Non
         raise ApiError(400, "the image is empty (0 bytes): send the image file's bytes.")
     if len(data) > limit:
         raise _too_large(len(data), limit, "image")
-    array, bits = decode_upload(data, size, max_pixels, prepare)
+    array, bits = decode_upload(data, size, max_pixels, prepare, min_side)
     return Upload(model, array, bits)
 

@@ -1,4 +1,10 @@
-"""The models a server offers: found under models/ with their cards, loaded on first use, and the default one.
+"""The models a server offers: found under models/ with their cards, loaded and warmed up, and the default one.
+
+Loading a model means reading it, tracing its forward pass for the batch sizes the batcher forms, measuring
+them (the batcher's wait estimates start from these steady-state times) and running one Grad-CAM: all of it
+in one loader thread, before the model answers anything. The default model is loaded as the server starts
+(/health says "loading" until it is ready); another model is loaded on its first request, and a request
+waits for that outside its deadline (at most serve.max_queue requests wait for a load; more get a 503).
 
 The default (the model answering requests that name none) is, unless --default or serve.default_model names
 one, the ImageNet-initialised model with the best validation accuracy in its card; a randomly initialised
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import functools
 import logging
 import re
@@ -25,8 +33,8 @@ import numpy as np
 
 from tlrepro.core.errors import UserError
 from tlrepro.modeling import cards
-from tlrepro.serve.batching import Batcher
-from tlrepro.serve.schemas import ApiError
+from tlrepro.serve.batching import Batcher, LoadStopped
+from tlrepro.serve.schemas import ApiError, busy
 
 log = logging.getLogger("tlrepro.serve")
 REPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.html")  # reports/<name>.html: all that /reports/ serves
@@ -103,9 +111,11 @@ class ModelEntry:
     name: str
     path: Path
     card: dict[str, Any]
-    predictor: Any = None
+    predictor: Any = None  # set once loaded and warmed up: the model is ready
     batcher: Batcher | None = None
     failed: str | None = None  # why it cannot be loaded, fit for clients (no paths)
+    loading: concurrent.futures.Future | None = None  # the load under way or done (Registry.start_loading)
+    waiting: int = 0  # requests waiting for the load
     _load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @functools.cached_property
@@ -117,31 +127,51 @@ class ModelEntry:
     def size(self) -> int:
         return int(self.card["image_size"])
 
-    def load(self, settings: Any, models_dir: Path) -> Any:
-        """The Predictor (loaded once, thread-safe); an ApiError 503 if the model cannot be loaded."""
+    def load(self, settings: Any, models_dir: Path, stopping: threading.Event | None = None) -> Any:
+        """The Predictor, loaded and warmed up once (thread-safe); an ApiError 503 if the model cannot be loaded;
+        LoadStopped when `stopping` is set before it is ready (it can be loaded again later)."""
         with self._load_lock:
             if self.predictor is None and self.failed is None:
                 from tlrepro.modeling.predict import Predictor
 
                 try:
                     predictor = Predictor.load(self.path)
-                except UserError as exc:
-                    log.error("model %s cannot be loaded: %s", self.name, exc)
-                    self.failed = without_paths(str(exc), models_dir)
+                    batcher = Batcher(predictor, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                      max_queue=settings.max_queue, deadline_s=settings.deadline_s)
+                    batcher.warm_up(self.size, stopping)
+                    self._explain_with(predictor, np.zeros((self.size, self.size, 3), np.uint8))  # traces Grad-CAM
+                except LoadStopped:
+                    raise
+                except Exception as exc:  # a UserError says why; anything else is in the log with its traceback
+                    log.error("model %s cannot be loaded: %s", self.name, exc, exc_info=not isinstance(exc, UserError))
+                    self.failed = without_paths(str(exc) if isinstance(exc, UserError)
+                                                else f"{type(exc).__name__}: {exc}", models_dir)
                 else:
-                    self.batcher = Batcher(predictor, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                                           max_queue=settings.max_queue)
-                    self.predictor = predictor
+                    self.batcher, self.predictor = batcher, predictor
+                    log.info("model %s is ready (seconds per model call by batch size: %s)", self.name,
+                             batcher.times.as_dict())
             if self.failed is not None:
                 raise ApiError(503, f"model `{self.name}` cannot be loaded ({self.failed}); choose another model, "
-                                    f"and see the server log.")
+                                    f"and see the server log.",
+                               reader=f"The model {self.name} cannot be used at the moment: choose another model.")
             return self.predictor
+
+    def predict_one(self, array: np.ndarray) -> np.ndarray:
+        """The model's output row for one resized uint8 image, computed in the calling thread (the explain
+        lane: an explanation's prediction never waits in the predict queue)."""
+        from tlrepro.serve import batching
+
+        return batching.predict_batch(self.predictor, array[None])[0]
 
     def explain(self, array: np.ndarray, label: str) -> str:
         """Base64 PNG: Grad-CAM overlay of `label` for one resized uint8 image (runs in the explain lane)."""
+        return self._explain_with(self.predictor, array, label)
+
+    def _explain_with(self, predictor: Any, array: np.ndarray, label: str | None = None) -> str:
         from tlrepro.modeling.explain import explain_arrays
 
-        return base64.b64encode(explain_arrays(self.predictor, array[None], [label])[0]).decode("ascii")
+        return base64.b64encode(explain_arrays(predictor, array[None], None if label is None else [label])[0]
+                                ).decode("ascii")
 
 
 class Registry:
@@ -170,6 +200,7 @@ class Registry:
                             f"to train some, or pass --models <folder>.")
         self.default, self.default_reason = choose_default({n: e.card for n, e in self.entries.items()}, default,
                                                            settings.default_model)
+        self._lock, self._one_at_a_time, self._stopping = threading.Lock(), threading.Lock(), threading.Event()
 
     def entry(self, name: str | None) -> ModelEntry:
         if name is None and self.default is None:
@@ -181,10 +212,47 @@ class Registry:
                                 f"lists them), or leave `model` out for the default ({self.default or 'none'}).")
         return self.entries[name]
 
+    def start_loading(self, entry: ModelEntry) -> concurrent.futures.Future:
+        """The model's load: started now (in a daemon thread, one model at a time, so that stopping the server
+        never waits for it) unless it was before."""
+        with self._lock:
+            if entry.loading is None:
+                entry.loading = future = concurrent.futures.Future()
+
+                def load() -> None:
+                    with self._one_at_a_time:
+                        future.set_running_or_notify_cancel()
+                        try:
+                            future.set_result(entry.load(self.settings, self.models_dir, self._stopping))
+                        except LoadStopped:
+                            with self._lock:
+                                entry.loading = None  # loaded again if the app starts again
+                            future.set_exception(ApiError(503, "the server is stopping.",
+                                                          reader="The server is stopping."))
+                        except BaseException as exc:
+                            future.set_exception(exc)
+
+                threading.Thread(target=load, name=f"tlrepro-loader {entry.name}", daemon=True).start()
+            return entry.loading
+
+    def loading(self) -> list[str]:
+        return [n for n, e in self.entries.items() if e.loading is not None and not e.loading.done()]
+
     async def predictor(self, entry: ModelEntry) -> Any:
+        """The ready model; a model not loaded yet is loaded (or its load waited for) first. The caller keeps
+        this wait outside the request's deadline; a 503 at once past serve.max_queue requests waiting."""
         if entry.predictor is not None:
             return entry.predictor
-        return await asyncio.to_thread(entry.load, self.settings, self.models_dir)
+        loading = self.start_loading(entry)
+        if not loading.done() and entry.waiting >= self.settings.max_queue:
+            raise busy(f"{entry.waiting} requests are waiting for model `{entry.name}` to load, the limit of "
+                       f"serve.max_queue", 5.0,
+                       reader=f"The model {entry.name} is still starting up. Please try again in a few seconds.")
+        entry.waiting += 1
+        try:
+            return await asyncio.shield(asyncio.wrap_future(loading))
+        finally:
+            entry.waiting -= 1
 
     def summary(self, entry: ModelEntry) -> dict[str, Any]:
         card = entry.card
@@ -197,19 +265,37 @@ class Registry:
                 "report": report_link(card, self.reports_dir), "default": entry.name == self.default,
                 "loaded": entry.predictor is not None}
 
+    def status(self) -> str:
+        """`loading` until the default model is ready, `failed` when it cannot be loaded, else `ok`."""
+        entry = self.entries.get(self.default or "")
+        if entry is None or entry.predictor is not None:
+            return "ok"
+        return "failed" if entry.failed is not None else "loading"
+
     def health(self) -> dict[str, Any]:
-        return {"default": self.default, "models": len(self.entries),
+        return {"status": self.status(), "default": self.default, "models": len(self.entries),
                 "loaded": [n for n, e in self.entries.items() if e.predictor is not None],
+                "loading": self.loading(),
                 "failed": {n: e.failed for n, e in self.entries.items() if e.failed},
                 "skipped": self.skipped,
-                "batching": {n: {**e.batcher.stats.as_dict(), "queued": e.batcher.queued()}
+                "batching": {n: {**e.batcher.stats.as_dict(), "queued": e.batcher.queued(),
+                                 "call_seconds": e.batcher.times.as_dict(),
+                                 "slower_than_idle": round(e.batcher.times.factor, 3)}
                              for n, e in self.entries.items() if e.batcher}}
 
     def retry_after(self, name: str | None) -> float:
         entry = self.entries.get(name or self.default or "")
         return entry.batcher.expected_wait() if entry is not None and entry.batcher is not None else 1.0
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = 60.0) -> None:
+        """Stop the worker tasks; a load under way is given up at its next step and waited for (at most
+        `wait_s`), so that no thread is left running TensorFlow as the process exits."""
+        self._stopping.set()
+        for entry in self.entries.values():
+            if entry.loading is not None and not entry.loading.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(entry.loading)), wait_s)
+        self._stopping.clear()
         for entry in self.entries.values():
             if entry.batcher is not None:
                 await entry.batcher.close()

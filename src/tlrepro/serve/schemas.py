@@ -12,13 +12,20 @@ JSON_EXAMPLE = '{"image": "<base64 of the image file>", "model": "<study>/<row>"
 class ApiError(Exception):
     """A request the service refuses: HTTP status and a message saying what is wrong and what to do.
 
-    retry_after: seconds a client should wait before trying again (sent as `Retry-After` with a 503)."""
+    retry_after: seconds a client should wait before trying again (sent as `Retry-After` with a 503).
+    reader: the same for a person at the web page, without setting names (they stay in `message`, for the API
+    and the log); sent as the JSON's `message` when given."""
 
-    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None,
+                 reader: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.reader = reader
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, **({"message": self.reader} if self.reader else {})}
 
     @property
     def headers(self) -> dict[str, str] | None:
@@ -27,14 +34,17 @@ class ApiError(Exception):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
-def busy(message: str, retry_after: float) -> ApiError:
+def busy(message: str, retry_after: float, *, reader: str | None = None) -> ApiError:
     """503: the server is at one of its bounds; the request did no work worth keeping. Try again later."""
     seconds = max(1, math.ceil(retry_after))
-    return ApiError(503, f"{message}; try again in {seconds} s (Retry-After).", retry_after=seconds)
+    return ApiError(503, f"{message}; try again in {seconds} s (Retry-After).", retry_after=seconds,
+                    reader=reader or f"The server is busy right now. Please try again in {seconds} s.")
 
 
 class ErrorOut(BaseModel):
-    error: str = Field(description="what is wrong with the request and what to do")
+    error: str = Field(description="what is wrong with the request and what to do (may name server settings)")
+    message: str | None = Field(None, description="the same in words for a person at the web page, when they "
+                                                  "differ (no setting names)")
 
 
 class PredictionOut(BaseModel):

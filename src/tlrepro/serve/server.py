@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from pathlib import Path
 
 from tlrepro.core.errors import UserError
 from tlrepro.serve.guard import LOOPBACK_NAMES
-from tlrepro.serve.schemas import ApiError
 
 
 def check_port(host: str, port: int) -> None:
@@ -49,12 +49,9 @@ def serve(models_dir: Path | str | None = None, host: str = "127.0.0.1", port: i
         raise UserError(f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
     registry, settings = app.state.registry, app.state.settings
     check_port(host, port)
-    if registry.default is not None:
-        print(f"loading the default model {registry.default} ({registry.default_reason}) ...", flush=True)
-        try:
-            registry.entry(None).load(settings, registry.models_dir)
-        except ApiError as exc:
-            raise UserError(exc.message) from None
+    if registry.default is not None:  # the app loads it as it starts: /health says `loading` until it is ready
+        print(f"loading the default model {registry.default} ({registry.default_reason}) as the server starts; "
+              f"/health says \"loading\" until it answers", flush=True)
     else:
         print(f"note: {registry.default_reason}", flush=True)
     try:
@@ -66,6 +63,12 @@ def serve(models_dir: Path | str | None = None, host: str = "127.0.0.1", port: i
     names = ", ".join(sorted({*LOOPBACK_NAMES, *settings.allow_hosts}))
     print(f"answering to Host {names}" + (f"; web pages allowed to POST: {', '.join(settings.allow_origins)}"
                                           if settings.allow_origins else ""), flush=True)
+    service_log = logging.getLogger("tlrepro.serve")  # models ready, requests past their deadline
+    if not service_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:  tlrepro: %(message)s"))
+        service_log.addHandler(handler)
+        service_log.setLevel(logging.INFO)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(registry.entries)} model(s) (default {registry.default or 'none'}) at http://{shown}:{port}/ "
           f"(API docs at /docs); Ctrl-C stops", flush=True)

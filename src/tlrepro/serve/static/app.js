@@ -6,6 +6,9 @@ const $ = (id) => document.getElementById(id);
 const state = { models: new Map(), file: null, previewUrl: null, busy: false };
 
 function percent(p) {
+  // One decimal, never rounded to a certainty a model cannot give: above 99.9 % and below 0.1 % say so.
+  if (p > 0.999) return "> 99.9%";
+  if (p < 0.001) return "< 0.1%";
   return `${(100 * p).toFixed(1)}%`;
 }
 
@@ -23,8 +26,10 @@ function setStatus(message, { quiet = false } = {}) {
 }
 
 async function apiError(response) {
+  // `message` is written for the person at this page; `error` is for programs (it may name server settings).
   try {
     const body = await response.json();
+    if (body && typeof body.message === "string") return body.message;
     if (body && typeof body.error === "string") return body.error;
   } catch (_) { /* not JSON */ }
   return `the server answered ${response.status} ${response.statusText}`;
@@ -117,6 +122,7 @@ function renderResult(body) {
     track.setAttribute("aria-valuemin", "0");
     track.setAttribute("aria-valuemax", "100");
     track.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    track.setAttribute("aria-valuetext", percent(p));
     track.setAttribute("aria-label", `P(${name})`);
     const fill = document.createElement("span");
     fill.className = "bar-fill";
