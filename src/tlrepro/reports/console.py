@@ -8,6 +8,7 @@ are named, not errors.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from tlrepro.core import fileio, identity, paths
@@ -59,8 +60,8 @@ def metrics_text(studies: list[str]) -> str:
     text = [" ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
     text += [" ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if quick_studies:
-        text.append(f"(quick pass): {', '.join(quick_studies)} ran with params.yaml `scale` caps; their figures show "
-                    f"that the pipeline runs, not the studies' results")
+        text += textwrap.wrap(f"(quick pass): {', '.join(quick_studies)} ran with params.yaml `scale` caps; their "
+                              f"figures show that the pipeline runs, not the studies' results", width=100)
     if missing:
         text.append(f"not run yet: {', '.join(missing)} (dvc repro study@<study>)")
     return "\n".join(text)
