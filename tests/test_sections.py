@@ -34,6 +34,7 @@ def test_the_report_notes_give_every_reason_and_name_the_unmeasured_figures(show
             "published_images": 3297, "evaluated_on": "val", "seed_kind": "training seeds",
             "validation_chose": {"MobileNetV2": ["early-stopping epoch (val_accuracy)"]}}
     study = SimpleNamespace(id="sarker2025", provenance=lambda: prov, settings=SimpleNamespace(evaluate_on="val"),
+                            protocols=["source"],
                             params=SimpleNamespace(evaluation=SimpleNamespace(confidence=0.95)))
     ours = {"MobileNetV2": {"accuracy": 0.81, "accuracy_ci_low": 0.77, "accuracy_ci_high": 0.85, "layers": 158}}
     full = sections.paper_vs_ours(study, ours)
@@ -43,6 +44,10 @@ def test_the_report_notes_give_every_reason_and_name_the_unmeasured_figures(show
                  "the paper's figure was measured on the images that chose", "ours 158 vs paper 158 (+0)"):
         assert text in notes, text
     assert compare.unmeasured_notes(full[full["ours"].isna()])[0] in notes  # one sentence, built in one place
+    # a one-protocol study's take-away, from its figures beside the paper's
+    assert ("**Take-away:** MobileNetV2, the paper's best of 1 models" not in notes
+            and "**Take-away:** MobileNetV2 scores accuracy 0.810 [0.770, 0.850] against the paper's 0.800, with no "
+                "verdict: the paper does not name its dataset" in notes)
     caption = shown[0].caption
     assert "on the validation side" in caption
     table = shown[0].to_html()
@@ -100,7 +105,8 @@ def test_one_magnification_is_listed_once_not_beside_an_identical_all(shown, mon
     frame = pd.DataFrame({"magnification": ["100"] * 20, "group": [f"p{i % 10}" for i in range(20)],
                           "label": ["benign", "malignant"] * 10})
     result = SimpleNamespace(probs=[0.1, 0.9] * 10, metrics={"threshold": 0.5}, frame=frame)
-    study = SimpleNamespace(unit="patient", seed=1, labels=lambda f: (f["label"] == "malignant").astype(int).to_numpy(),
+    study = SimpleNamespace(unit="patient", seed=1, random_init=lambda: [],
+                            labels=lambda f: (f["label"] == "malignant").astype(int).to_numpy(),
                             params=SimpleNamespace(evaluation=SimpleNamespace(bootstrap_resamples=50, confidence=0.95)))
     monkeypatch.setattr(metrics, "MIN_GROUPS", 10)
     out = sections.accuracy_by_group(study, {("image", "VGG16"): result})

@@ -16,6 +16,11 @@ from tlrepro.results import plots
 from tlrepro.studies.base import Study
 
 
+def _name(study: Study, result: Any) -> str:
+    """The row's name, marked when it was trained without ImageNet weights."""
+    return result.row.name + (" (random init)" if result.row.name in study.random_init() else "")
+
+
 def augmentation_preview(study: Study, views: int = 8) -> None:
     """Each distinct augmentation of the study's rows applied `views` times to one training image (training mode),
     once, titled with the rows that use it."""
@@ -45,14 +50,39 @@ def prediction_samples(study: Study, result: Any, n: int = 8) -> None:
     confidence = np.where(predicted == positive, result.probs, 1 - np.asarray(result.probs))
     display(plots.prediction_grid([paths.PROJECT_ROOT / p for p in result.frame["path"]], list(predicted),
                                   list(confidence), truth=list(result.frame["label"]), n=n, seed=study.seed,
-                                  title=f"{result.row.name} ({result.protocol}): {SIDE_NAMES[result.side]} predictions"))
+                                  title=f"{_name(study, result)} ({result.protocol}): {SIDE_NAMES[result.side]} predictions"))
 
 
-def gradcam_panel(study: Study, result: Any, n: int = 4) -> None:
+def border_share(heat: np.ndarray, margin: float = 0.1) -> float:
+    """The share of the heat that lies in the image's outer `margin` on every side (a model looking at the edges
+    of a slide photograph, not at tissue)."""
+    heat = np.asarray(heat, dtype=float)
+    total = heat.sum()
+    if total <= 0:
+        return 0.0
+    h, w = heat.shape[-2:]
+    dy, dx = max(1, round(h * margin)), max(1, round(w * margin))
+    inner = heat[..., dy:h - dy, dx:w - dx].sum()
+    return float((total - inner) / total)
+
+
+def border_area(shape: tuple[int, int], margin: float = 0.1) -> float:
+    h, w = shape
+    dy, dx = max(1, round(h * margin)), max(1, round(w * margin))
+    return 1 - (h - 2 * dy) * (w - 2 * dx) / (h * w)
+
+
+def gradcam_panel(study: Study, result: Any, n: int = 4, caveats: list[str] | None = None) -> None:
     """Grad-CAM of the predicted class on the backbone's last conv block for up to `n` correctly and `n`
-    wrongly classified evaluation images (seeded pick): where the model looked, right and wrong."""
+    wrongly classified evaluation images (seeded pick): where the model looked, right and wrong; `caveats` (why
+    the map may not mean what it seems: random weights, a model near chance) are said first, and how much of the
+    heat lies on the images' edges after."""
     from tlrepro.data.tfdata import load_resized
     from tlrepro.modeling.explain import gradcam, overlay
+
+    if caveats:
+        note(f"**Caveat for {_name(study, result)} ({result.protocol}):** " + "; ".join(caveats) + ".")
+    heats = []
 
     labels = study.labels(result.frame)
     predicted = predicted_positive(result.probs, result.metrics["threshold"]).astype(int)
@@ -68,10 +98,16 @@ def gradcam_panel(study: Study, result: Any, n: int = 4) -> None:
         images = np.stack([load_resized(p, result.row.image_size, v or "identity")
                            for p, v in zip(frame["path"], views, strict=True)])
         heat = gradcam(result.classifier.model, images.astype("float32"), threshold=result.metrics["threshold"])
+        heats.append(heat)
         titles = [f"{study.classes[p]} (true {lab})" for p, lab in zip(predicted[index], frame["label"], strict=True)]
         display(plots.image_rows({kind: [overlay(img, h) for img, h in zip(images, heat, strict=True)]},
                                  titles=titles,
-                                 title=f"{result.row.name} ({result.protocol}): Grad-CAM of the prediction, {kind}"))
+                                 title=f"{_name(study, result)} ({result.protocol}): Grad-CAM of the prediction, {kind}"))
         shown += len(index)
     if not shown:
         note("No evaluation images to explain.")
+        return
+    stacked = np.concatenate(heats)
+    share = np.mean([border_share(h) for h in stacked])
+    note(f"<small>On average {share:.0%} of the heat lies in the outer tenth of each side, which is "
+         f"{border_area(stacked.shape[1:]):.0%} of the image's area.</small>")

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, Markdown, display, update_display
 
-from tlrepro.core import fileio, paths
+from tlrepro.core import fileio, identity, paths
 from tlrepro.core.errors import UserError
 from tlrepro.core.numbers import interval as ci
 from tlrepro.core.numbers import is_count, number, time_unit
@@ -58,16 +58,17 @@ def note(text: str) -> None:
 def header(study: Study, description: str = "") -> None:
     """The run's headline: random-weight warning, dataset (and whether it is the paper's) and seed, and every
     row's settings."""
+    prov = study.provenance()
+    if quick := identity.quick_pass(prov):
+        display(HTML(f'<div style="background:#fff3e0;border-left:6px solid #ef6c00;padding:.6em 1em;'
+                     f'font-weight:600;color:#8a3c00">⏱ {quick}</div>'))
     banner = compare.random_init_banner(study.random_init(), study.random_init_via())
     if banner:
         display(HTML(f'<div style="background:#fdecea;border-left:6px solid #c62828;padding:.6em 1em;'
                      f'font-weight:600;color:#8e1b1b">⚠ {banner}</div>'))
-    prov = study.provenance()
     if dataset_note := compare.dataset_note(prov):
         note(f"**{dataset_note}**")
-    subset = ""
-    if prov["published_images"] and prov["images"] < prov["published_images"]:
-        subset = f" (a subset: {prov['images']:,} of the published {prov['published_images']:,} images)"
+    subset = f" ({used})" if (used := identity.images_text(prov)) else ""
     note(f"**Dataset:** `{study.dataset}`{subset} · **protocols:** {', '.join(study.protocols)} · "
          f"**evaluated on:** {SIDE_NAMES[study.settings.evaluate_on]} · **seed:** {study.seed}"
          + (f" · **seeds per row:** {study.settings.repeats}" if study.settings.repeats > 1 else "")
@@ -76,7 +77,7 @@ def header(study: Study, description: str = "") -> None:
 
 
 def rows_table(study: Study) -> pd.DataFrame:
-    records = []
+    records, capped = [], study.provenance()["capped_epochs"]
     for row in study.rows:
         weights = prov_weights(study, row.name)
         records.append({
@@ -86,13 +87,20 @@ def rows_table(study: Study) -> pd.DataFrame:
                 "all" if row.trainable_layers == "all" else f"last {row.trainable_layers} layers"
                 if row.trainable_layers else "frozen"), "optimizer": row.optimizer,
             "learning rate": f"{row.learning_rate:g}" if row.learning_rate is not None else "grid",
-            "epochs": (f"{study.epochs(row)} (paper {row.epochs})" if row.epochs and study.epochs(row) < row.epochs
-                       else row.epochs or "grid"),
+            "epochs": _epochs(row, capped.get(row.name)),
             "batch": _batch(study, row.batch_size), "image size": row.image_size,
             "augmentation": _augmentation(row),
             "head": " → ".join(_layer(h) for h in row.head),
         })
     return pd.DataFrame(records)
+
+
+def _epochs(row: Any, capped: dict[str, Any] | None) -> str:
+    """The epochs the row ran (`capped`: its provenance's cap, if any): '2 (paper 40)', 'grid', or 'grid, 2 per
+    cell (capped; the grid's 10, 20, …)'."""
+    if row.epochs:
+        return f"{capped['ours']} (paper {row.epochs})" if capped else str(row.epochs)
+    return f"grid, {capped['ours']} per cell (capped; {capped['paper']})" if capped else "grid"
 
 
 def _augmentation(row: Any) -> str:
@@ -252,8 +260,10 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
     full = compare.compare(study.id, ours, metrics=metrics, spread=spread)
     frame = full[full["ours"].notna()].reset_index(drop=True)
     missing = full[full["ours"].isna()]
+    randoms = study.provenance().get("random_init") or []
     shown = pd.DataFrame({
-        "row": frame["row"], "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
+        "row": [r + (" (random init)" if r in randoms else "") for r in frame["row"]],
+        "metric": frame["metric"].str.replace("_", " "), "paper": frame["paper"],
         "ours [CI]": [ci(o, lo, hi) for o, lo, hi in zip(frame["ours"], frame["ci_low"], frame["ci_high"], strict=True)],
         "ours − paper": [number(int(round(d)) if is_count(p) else d, signed=True)
                          for d, p in zip(frame["difference"], frame["paper"], strict=True)],
@@ -274,18 +284,24 @@ def paper_vs_ours(study: Study, ours: Mapping[str, Mapping[str, Any]], *,
         display(comparison_plots.paper_vs_ours(rates))
     notes = compare.difference_notes(frame, prov, study.params.evaluation.confidence) + compare.unmeasured_notes(missing)
     note("**Notes on every difference**\n\n" + "\n".join(f"- {n}" for n in notes))
+    if len(study.protocols) == 1:  # a study with several protocols takes its sentence from all of them (evidence)
+        sentence = compare.comparison_takeaway(study.id, frame, prov, study.params.evaluation.confidence)
+        note(f"**Take-away:** {sentence}")
+        update_display(Markdown(f"**Take-away:** {sentence}"), display_id=compare.takeaway_id(study.id))
     return full
 
 
 def deviations(study: Study) -> pd.DataFrame:
     """Every way this run departs from the paper, with the reason."""
-    frame = pd.DataFrame(compare.deviations(study.id, study.provenance()), columns=["what", "paper", "ours", "reason"])
+    frame = pd.DataFrame(compare.deviations(study.id, study.provenance(), compare.split_facts(study.split)),
+                         columns=["what", "paper", "ours", "reason"])
     show(table(frame, "Deviations from the paper, and why"))
     return frame
 
 
 def provenance(study: Study) -> pd.DataFrame:
-    """Weights (source, sha256), data sizes per side, subset status and caps: what this run rests on."""
+    """Weights (source, sha256), data sizes per side, subset status and caps, and the run's identity (commit,
+    DVC experiment, date, versions, hardware): what this run rests on."""
     prov = study.provenance()
     records = []
     for row, w in prov["weights"].items():
@@ -301,16 +317,24 @@ def provenance(study: Study) -> pd.DataFrame:
     facts = {
         "dataset": prov["dataset"], "paper's dataset": prov["paper_dataset"] or "not named by the paper",
         "images in our dataset": number(prov["images"]),
+        "images used": number(prov.get("images_in_split", prov["images"])),
         "images in the published dataset": number(prov["published_images"]) if prov["published_images"] else "—",
         "subset of the published set": ("yes" if prov["published_images"] and prov["images"] < prov["published_images"]
                                         else "no"),
         "scale.max_images_per_class": prov["max_images_per_class"] or "none",
-        "epoch caps": ", ".join(f"{r}: {c['ours']} of {c['paper']}" for r, c in prov["capped_epochs"].items()) or "none",
+        "scale.max_epochs": prov.get("max_epochs") or "none",
+        "epochs run, where capped": epoch_caps_text(prov) or "none capped",
         "seed": prov["seed"],
         "ran on": compute_text(prov.get("compute")),
+        **identity.text(prov.get("run")),
     }
     show(table(pd.DataFrame({"fact": list(facts), "value": [str(v) for v in facts.values()]}), "This run"))
     return sizes
+
+
+def epoch_caps_text(prov: dict[str, Any]) -> str:
+    """'VGG16: 2 of 40, MobileNetV2: 2 of the grid's 10, 20, …': the epochs each capped row ran, of how many."""
+    return ", ".join(f"{r}: {c['ours']} of {c['paper']}" for r, c in (prov.get("capped_epochs") or {}).items())
 
 
 def compute_text(plan: dict[str, Any] | None) -> str:
@@ -334,6 +358,11 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
         grouped = metrics.grouped_accuracy(r.frame.assign(**{group: r.frame["group"]}), correct, group=group,
                                            by=by if by in r.frame else None,
                                            seed=study.seed, resamples=e.bootstrap_resamples, confidence=e.confidence)
+        # a subset holding every image is the row's own figure: the interval its evaluation gave, not a second one
+        whole = grouped["images"] == len(r.frame)
+        for column, key in (("image", "accuracy"), (group, f"{group}_accuracy")):
+            grouped.loc[whole, f"{column}_ci_low"] = r.metrics.get(f"{key}_ci_low")
+            grouped.loc[whole, f"{column}_ci_high"] = r.metrics.get(f"{key}_ci_high")
         parts.append(grouped.assign(protocol=protocol, model=name))
     out = pd.concat(parts, ignore_index=True)
     listed = out
@@ -342,7 +371,9 @@ def accuracy_by_group(study: Study, results: Any, by: str = "magnification") -> 
         listed = out[out["subset"] != "all"]
         note(f"The data hold one {by} ({only}): its figures are the whole run's.")
     shown = pd.DataFrame({
-        "protocol": listed["protocol"], "model": listed["model"], by: listed["subset"], "images": listed["images"],
+        "protocol": listed["protocol"],
+        "model": [m + (" (random init)" if m in study.random_init() else "") for m in listed["model"]],
+        by: listed["subset"], "images": listed["images"],
         f"{group}s": listed[f"{group}s"],
         "image-level accuracy": [ci(v, lo, hi) for v, lo, hi in zip(listed["image_accuracy"], listed["image_ci_low"],
                                                                      listed["image_ci_high"], strict=True)],

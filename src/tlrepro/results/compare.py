@@ -203,15 +203,69 @@ def unmeasured_notes(missing: pd.DataFrame) -> list[str]:
             " — this run produced no figure for them."]
 
 
-def deviations(study: str, provenance: Mapping[str, Any]) -> list[dict[str, str]]:
+def split_facts(frame: pd.DataFrame) -> dict[str, Any]:
+    """What a split file's images are (each image once, whatever its views and protocols): how many, per class,
+    and, where the file has them, the magnifications, accession numbers and patient folders present."""
+    images = frame.drop_duplicates("path")
+    facts: dict[str, Any] = {"images": len(images),
+                             "classes": {str(k): int(v) for k, v in images.groupby("label").size().items()}}
+    if "magnification" in images:
+        facts["magnifications"] = sorted({int(m) for m in images["magnification"]})
+    for column in ("accession", "patient"):
+        if column in images:
+            facts[f"{column}s"] = int(images[column].nunique())
+    return facts
+
+
+def _share(counts: Mapping[str, int], label: str) -> str:
+    total = sum(counts.values())
+    return f"{counts.get(label, 0) / total:.0%} {label} ({counts.get(label, 0):,} of {total:,})"
+
+
+def data_deviations(dataset: str, facts: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What the run's data lack against the whole dataset (paper_figures.yaml `datasets`): magnifications,
+    accession numbers, and the class balance (at the magnifications present), each a deviation with its reason."""
+    info = datasets().get(dataset, {})
+    listed = []
+    known = {int(m): c for m, c in (info.get("by_magnification") or {}).items()}
+    present = facts.get("magnifications") or []
+    if known and present and set(present) != set(known):
+        listed.append({"what": "Magnifications", "paper": ", ".join(f"{m}X" for m in sorted(known)),
+                       "ours": ", ".join(f"{m}X" for m in present) + " only",
+                       "reason": "the run's data hold no other magnification: no figure at the others is measured"})
+    if info.get("accessions") and facts.get("accessions") and facts["accessions"] < info["accessions"]:
+        folders = f" ({facts['patients']:,} patient folders)" if facts.get("patients") else ""
+        listed.append({"what": "Patients", "paper": f"{info['accessions']} accession numbers "
+                                                    f"({info.get('patients', '?')} patient folders)",
+                       "ours": f"{facts['accessions']:,} of the {info['accessions']} accession numbers{folders}",
+                       "reason": "a subset of the patients: every patient-level figure and interval rests on these"})
+    ours = facts.get("classes") or {}
+    whole = ({label: sum(known[m].get(label, 0) for m in present if m in known) for label in ours}
+             if known and present else dict(info.get("classes") or {}))
+    if len(ours) > 1 and sum(whole.values()) and set(ours) <= set(whole):
+        label = sorted(ours)[0]
+        where = f" at {', '.join(f'{m}X' for m in present)}" if known and present else ""
+        if abs(ours[label] / sum(ours.values()) - whole[label] / sum(whole.values())) >= 0.005:
+            listed.append({"what": "Class balance", "paper": f"the whole dataset{where}: {_share(whole, label)}",
+                           "ours": _share(ours, label),
+                           "reason": "the run's data hold this mix; accuracy and its trivial baseline (calling "
+                                     "every image the majority class) depend on it"})
+    return listed
+
+
+def deviations(study: str, provenance: Mapping[str, Any], data: Mapping[str, Any] | None = None
+               ) -> list[dict[str, str]]:
     """Every way this run departs from the paper, each with its reason: the study's own list from
-    paper_figures.yaml, then what this run's data and settings add (subset, caps, random weights)."""
+    paper_figures.yaml, then what this run's data and settings add (subset, caps, random weights). `data`: the
+    split's facts (`split_facts`), which add the magnifications, patients and class balance present."""
     listed = [dict(d) for d in load(study).get("deviations", [])]
     published = provenance.get("published_images")
     images = provenance.get("images")
     if published and images and images < published:
         listed.append({"what": "Data", "paper": f"{published:,} images", "ours": f"{images:,} images",
                        "reason": "a subset of the published dataset (the offline mirror holds part of it)"})
+    if data:
+        listed += data_deviations(str(provenance.get("source_dataset") or provenance.get("dataset")), data)
     if not paper_dataset_unnamed(provenance) and (
             provenance.get("source_dataset", provenance.get("dataset")) != provenance.get("paper_dataset")):
         listed.append({"what": "Dataset", "paper": str(provenance.get("paper_dataset")),
@@ -240,3 +294,95 @@ def random_init_banner(random_init: Sequence[str], via: Mapping[str, str] | None
             f"(set explicitly in params.yaml{'; ' + ', '.join(through) + ', its init_from pretraining entry' if through else ''})."
             " Their figures are not comparable with the paper's.")
 
+
+
+# ---------------------------------------------------------------- the sentences a reader takes away
+
+
+def _level(unit: str) -> str:
+    return "image" if unit == "image" else unit
+
+
+def leading_row(study: str) -> str:
+    """The row a study's sentence is about: the one with the paper's best figure on its first headline metric."""
+    entry = load(study)
+    metric = (entry.get("headline") or ["accuracy"])[0]
+    scored = {row: _number(f.get(metric)) for row, f in entry["rows"].items()}
+    scored = {row: v for row, v in scored.items() if v is not None}
+    return max(scored, key=scored.get) if scored else next(iter(entry["rows"]))
+
+
+def takeaway_id(study: str) -> str:
+    return f"tlrepro-takeaway-{study}"
+
+
+def takeaway_slot(study: str) -> None:
+    """At the top of a study's report, before anything else is imported or shown: where its take-away sentence is
+    written once every figure is in (tlrepro.reports.evidence.takeaway updates this display in place, so the
+    executed notebook and its HTML show the sentence here). Light to import: no TensorFlow."""
+    from IPython.display import Markdown, display
+
+    display(Markdown("*The take-away sentence is written here once every figure is in (see the end of the "
+                     "report for how it is built).*"), display_id=takeaway_id(study))
+
+
+def takeaway_sentence(facts: Mapping[str, Any]) -> str:
+    """One sentence per BreakHis study, from its figures (`facts`, as tlrepro.reports.protocols.takeaway_facts
+    builds them and the details file keeps them): the row under the paper's protocol beside the paper's figure,
+    under the cross-validation with its interval against the trivial baseline (or the count of patients that
+    is too few for one), and over the official folds."""
+    row = facts["row"] + (" (random initialisation)" if facts.get("random_init") else "")
+    parts = []
+    paper = facts.get("paper") or {}
+    if paper.get("ours") is not None:
+        metric = str(paper.get("metric", "accuracy")).replace("_", " ")
+        published = f" (paper {paper['published']:.3f})" if paper.get("published") is not None else ""
+        parts.append(f"Under the paper's protocol {row} scores {metric} {paper['ours']:.3f}{published}")
+    cv = facts.get("cv") or {}
+    if cv.get("value") is not None:
+        unit = cv.get("unit", "patient")
+        lead = f"with every {unit} tested once it" if parts else f"With every {unit} tested once, {row}"
+        has_interval = cv.get("low") is not None and cv.get("high") is not None
+        figure = f"{cv['value']:.3f}" + (f" [{cv['low']:.3f}, {cv['high']:.3f}]" if has_interval else "")
+        text = f"{lead} scores {figure} at {_level(unit)} level"
+        if not has_interval and cv.get("groups"):
+            text += f" from {cv['groups']} {unit}s"
+        if cv.get("p_value") is not None:
+            text += f" (permutation p = {cv['p_value']:.2f})"
+        if cv.get("against_trivial"):
+            text += f", {cv['against_trivial']}"
+        parts.append(text)
+    official = facts.get("official") or {}
+    if official.get("mean") is not None:
+        parts.append(f"over the dataset's {official['folds']} official folds (repeated splits that can put one "
+                     f"accession number on both sides) it scores {official['mean']:.3f} ± {official['sd']:.3f} "
+                     f"(mean ± sd over folds) at {_level(official.get('unit', 'patient'))} level")
+    if not parts:
+        return f"{facts.get('study', 'This study')}: no figure to take away yet."
+    sentence = "; ".join(parts)
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def comparison_takeaway(study: str, frame: pd.DataFrame, provenance: Mapping[str, Any], confidence: float) -> str:
+    """One sentence for a study without an honest protocol: its leading row (the paper's best figure on its
+    first headline metric) beside the paper, with the verdict or why there is none."""
+    measured = frame[frame["ours"].notna() & (frame["paper"] <= 1)]
+    if measured.empty:
+        return f"{study}: nothing measured here can be set beside the paper's figures."
+    first = measured[measured["metric"] == measured["metric"].iloc[0]]
+    line = first.loc[first["paper"].idxmax()]
+    metric = str(line["metric"]).replace("_", " ")
+    rows = measured["row"].nunique()
+    name = f"{line['row']}{' (random initialisation)' if line['row'] in provenance.get('random_init', []) else ''}"
+    lead = f"{name}, the paper's best of {rows} models," if rows > 1 else name
+    interval_text = (f" [{line['ci_low']:.3f}, {line['ci_high']:.3f}]"
+                     if pd.notna(line["ci_low"]) and pd.notna(line["ci_high"]) else "")
+    text = f"{lead} scores {metric} {line['ours']:.3f}{interval_text} against the paper's {line['paper']:.3f}"
+    side = line["side"] if isinstance(line.get("side"), str) else None
+    reasons = no_verdict_reasons(provenance, str(line["row"]), side)
+    if reasons:
+        text += f", with no verdict: {reasons[0]}" + (f" (and {len(reasons) - 1} more reason(s))" if len(reasons) > 1 else "")
+    elif line["paper_within_ci"] is not None:
+        where = "inside" if line["paper_within_ci"] else "outside"
+        text += f", the paper's figure {where} our {confidence:.0%} interval"
+    return text + "."

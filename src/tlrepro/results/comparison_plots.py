@@ -80,12 +80,18 @@ def forest(frame: pd.DataFrame) -> Figure:
 
 
 @styled
-def protocol_gap(frame: pd.DataFrame, paper_label: str = "paper's protocol", honest_label: str = "honest",
+def protocol_gap(frame: pd.DataFrame, paper_label: str = "first protocol", honest_label: str = "second protocol",
                  paper_figures: pd.Series | None = None) -> Figure:
     """Per row (a `label` column, else `row`): accuracy under the paper's protocol (square) and under the honest
     one (dot), joined by a line and labelled with their difference; the paper's own published figure, where
-    given, as a diamond."""
+    given, as a diamond. A row with a `one_class` note is labelled "left out (one class)" instead of a difference,
+    in grey; a `random_init` row's label says so."""
     labels = list(frame["label"] if "label" in frame else frame["row"])
+    randoms = frame["random_init"].fillna(False).astype(bool) if "random_init" in frame else pd.Series(False, index=frame.index)
+    labels = [label if not rnd or "random init" in label else f"{label} (random init)"
+              for label, rnd in zip(labels, randoms, strict=True)]
+    single = (frame["one_class"].notna() & frame["one_class"].astype(str).ne("")) if "one_class" in frame else (
+        pd.Series(False, index=frame.index))
     fig, axes = new_figure(size=(7, 0.5 * max(len(labels), 2) + 1.2))
     ax = axes[0, 0]
     y = np.arange(len(labels))
@@ -96,12 +102,12 @@ def protocol_gap(frame: pd.DataFrame, paper_label: str = "paper's protocol", hon
     if paper_figures is not None and paper_figures.notna().any():
         ax.scatter(paper_figures.astype(float), y, marker="D", s=30, color="#4C72B0", label="the paper's figure",
                    zorder=4)
-    for yi, p, h in zip(y, paper, honest, strict=True):
-        ax.annotate(f"{p - h:+.2f}", (max(p, h), yi), xytext=(6, 0), textcoords="offset points", va="center",
-                    fontsize=8)
+    for yi, p, h, one in zip(y, paper, honest, single, strict=True):
+        ax.annotate("left out (one class)" if one else f"{p - h:+.2f}", (max(p, h), yi), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="#888" if one else "black")
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlim(0, 1.08)
-    ax.set(xlabel="image-level accuracy", title="What a patient on both sides of the split is worth")
+    ax.set(xlabel="image-level accuracy", title="What sharing patients (or accession numbers) across sides is worth")
     ax.legend(fontsize=8, loc="lower left")
     return fig
