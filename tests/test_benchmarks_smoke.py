@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 
@@ -50,6 +52,7 @@ def scripts() -> list[str]:
     return sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 
 
+@pytest.mark.extended  # every script's smoke mode, about 60 s: CI runs it
 def test_every_benchmark_runs_its_smoke_mode():
     names = scripts()
     assert len(names) >= 11, names

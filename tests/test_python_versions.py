@@ -44,6 +44,7 @@ def test_requires_python_admits_every_supported_version():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a pip resolution of 230 packages per Python (about 30 s each): CI runs it
 @pytest.mark.parametrize("version", [v for v in VERSIONS if v != "{}.{}".format(*sys.version_info[:2])])
 def test_the_pinned_install_resolves(tmp_path, version):
     python = interpreter(version)

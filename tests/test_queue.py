@@ -11,7 +11,7 @@ import time
 import pytest
 from e2e import make_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # about 70 s of DVC's queue workers: CI runs it
 RATES = ("0.001", "0.005")
 
 
