@@ -23,7 +23,11 @@ its count or seconds set to 0):
    answered share, latencies of the 200s (targets: within serve.deadline_s) and of the 503s (time to 503:
    at once, not after the deadline), the server's RSS against its idle RSS (target: at most 1.5x), and
    /health polled every 0.5 s on its own connection from its own thread (target: every answer within 1 s).
-3. soak: `--clients` clients for `--soak-seconds` (300) s: errors, and RSS at the start and the end of the
+3. explain: `--explain-clients` (32) clients ask for Grad-CAM explanations of the model for `--explain-seconds`
+   (30) s while one client sends predicts to `--predict-model` (default: the same model), one after another:
+   that predict's latency alone and during (explanations run in their own threads and predict there, so they
+   should not hold it up), and the explanations' answers and refusals.
+4. soak: `--clients` clients for `--soak-seconds` (300) s: errors, and RSS at the start and the end of the
    phase (target: growth at most 10 %), sampled every 5 s.
 
     python benchmarks/serve_load.py --models benchmarks/out/demo-models --model demo/MobileNetV2
@@ -360,12 +364,38 @@ def report_latencies(title: str, values: list[float]) -> str:
             f"p99 {1000 * percentile(values, 99):.0f} ms, max {1000 * max(values, default=float('nan')):.0f} ms")
 
 
-def request_bytes(port: int, path: Path, model: str | None) -> bytes:
-    """One POST /v1/predict, as the JSON contract, byte for byte (built once, sent many times)."""
+def request_bytes(port: int, path: Path, model: str | None, endpoint: str = "/v1/predict") -> bytes:
+    """One POST /v1/predict (or `endpoint`), as the JSON contract, byte for byte (built once, sent many times)."""
     fields = {"image": base64.b64encode(path.read_bytes()).decode(), **({"model": model} if model else {})}
     body = json.dumps(fields).encode()
-    return (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    return (f"POST {endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def explanations_beside_a_predict(port: int, files: list[Path], explained: str, predicted: str, clients: int,
+                                  seconds: float) -> None:
+    """`clients` clients asking for Grad-CAM explanations of `explained` while one client sends predicts to
+    `predicted`, one after another: the lone predict's latency alone and during, and what the explanations got."""
+    predicts = [request_bytes(port, path, predicted) for path in files]
+    explains = [request_bytes(port, path, explained, "/v1/explain") for path in files]
+    alone = asyncio.run(drive(port, predicts, 1, requests=max(20, len(files) // 2)))
+
+    async def both() -> tuple[Outcome, Outcome]:
+        return await asyncio.gather(drive(port, explains, clients, seconds=seconds),
+                                    drive(port, predicts, 1, seconds=seconds))
+
+    explain, during = asyncio.run(both())
+    print(f"\n[explain] {clients} clients asking for explanations of {explained} for {seconds:g} s, beside one "
+          f"client predicting with {predicted}:")
+    print("[explain] lone predict " + report_latencies("alone", alone.latencies(200)))
+    print("[explain] lone predict " + report_latencies("during", during.latencies(200))
+          + f" ({during.count(200)} answered, {len(during.refusals)} refused)")
+    sent = len(explain.answers) + sum(explain.failures.values())
+    print(f"[explain] explanations: {explain.count(200)} of {sent} answered; "
+          + report_latencies("200s", explain.latencies(200)) + "; " + report_latencies("time to 503", explain.latencies(503)),
+          flush=True)
+    print_refusals("[explain]", explain)
+    print_refusals("[explain, predict]", during)
 
 
 def smoke_setup(args) -> None:
@@ -376,6 +406,7 @@ def smoke_setup(args) -> None:
     args.images_dir = smoke_pictures(base / "images", 4, seed=7)
     args.images, args.clients, args.requests = 8, 4, 16
     args.overload_clients, args.overload_seconds, args.soak_seconds = 8, 2.0, 2.0
+    args.explain_clients, args.explain_seconds = 2, 2.0
     args.startup_timeout = 120.0
 
 
@@ -391,6 +422,11 @@ def main() -> int:
     parser.add_argument("--overload-clients", type=int, default=64)
     parser.add_argument("--overload-seconds", type=float, default=60.0)
     parser.add_argument("--soak-seconds", type=float, default=300.0)
+    parser.add_argument("--explain-clients", type=int, default=32, help="clients asking for explanations of "
+                        "--model beside one predicting client (0 skips the phase)")
+    parser.add_argument("--explain-seconds", type=float, default=30.0)
+    parser.add_argument("--predict-model", default=None, help="the lone predicting client's model during the "
+                        "explanations (default: --model)")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     args = parser.parse_args()
     server: Server | None = None
@@ -451,6 +487,11 @@ def main() -> int:
             print(f"[overload] /health: {len(health_times)} polls, p50 {1000 * percentile(health_times, 50):.0f} ms, "
                   f"slowest {1000 * max(health_times):.0f} ms; RSS "
                   f"idle {idle:.0f} MiB, max {max(rss):.0f} MiB = {max(rss) / idle:.2f}x idle", flush=True)
+            time.sleep(2)
+
+        if args.explain_clients and args.explain_seconds:
+            explanations_beside_a_predict(server.port, files, model, args.predict_model or model,
+                                          args.explain_clients, args.explain_seconds)
             time.sleep(2)
 
         if args.soak_seconds:

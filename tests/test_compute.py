@@ -131,6 +131,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.extended  # two TensorFlow worker processes, about 25 s: CI runs it
 def test_two_workers_on_loopback_train_to_the_same_result(images, single):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

@@ -94,11 +94,12 @@ def test_a_cold_server_answers_its_first_requests_and_says_loading_until_ready(p
 
 
 def test_admitted_requests_are_answered_in_time_and_the_rest_refused_at_once(project, blobs, monkeypatch):
-    """A model measured at 0.6 s a call, one image a call, a 1 s deadline: a request that would wait for a
-    call under way and then its own call cannot make it, and is refused on arrival."""
+    """A model measured at 0.6 s a call, one image a call, a 1.5 s deadline: a request that would wait for two
+    calls and then its own cannot make it, and is refused on arrival. (The deadline leaves room for the real
+    model's time beside the 0.6 s hold when the other test worker loads the machine.)"""
     slow = Held(batching.predict_batch, seconds=0.6)
     monkeypatch.setattr(batching, "predict_batch", slow)  # also what the warm-up measures
-    with TestClient(make_app(project, deadline_s=1.0, max_batch=1, max_wait_ms=0), base_url=URL) as client, \
+    with TestClient(make_app(project, deadline_s=1.5, max_batch=1, max_wait_ms=0), base_url=URL) as client, \
             ThreadPoolExecutor(8) as pool:
         wait_ready(client)
         for blob in blobs[:4]:  # alone, so taken: their calls keep the times current
@@ -113,7 +114,7 @@ def test_admitted_requests_are_answered_in_time_and_the_rest_refused_at_once(pro
         outcomes = list(pool.map(timed, blobs))
         statuses = [r.status_code for r, _ in outcomes]
         assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
-        late = [(round(seconds, 2), r.text) for r, seconds in outcomes if r.status_code == 503 and seconds >= 0.5]
+        late = [(round(seconds, 2), r.text) for r, seconds in outcomes if r.status_code == 503 and seconds >= 0.75]
         assert not late, late  # refused at once, never after waiting out the deadline
         for response, _ in outcomes:
             if response.status_code == 503:

@@ -223,11 +223,12 @@ def test_a_read_only_cache_is_skipped_with_one_line(frame, reference, tmp_path, 
 # ---------------------------------------------------------------- metrics files and `profile gpu`
 
 
-def test_a_text_where_a_figure_belongs_is_one_line_naming_file_and_key(tmp_project, capsys):
+@pytest.mark.parametrize("command", [["report"], ["metrics"], ["metrics", "lin2024"]])
+def test_a_text_where_a_figure_belongs_is_one_line_naming_file_and_key(tmp_project, capsys, command):
     fileio.write_json(paths.metrics_json("lin2024"), {"study": "lin2024", "dataset": "skin", "random_init": [],
                                                       "results": {"VGG16": {"accuracy": "0.86", "accuracy_ci_low": 0.8,
                                                                             "accuracy_ci_high": 0.9}}})
-    assert main(["report"]) == 2
+    assert main(command) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reports/metrics/lin2024.json" in err[0] and "results.VGG16.accuracy" in err[0], err
     assert "Traceback" not in err[0] and "Unknown format code" not in err[0]

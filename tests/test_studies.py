@@ -68,6 +68,7 @@ def test_a_cross_validation_pools_every_image_once_and_saves_only_whole_split_mo
     assert headline(patient.metrics)["patient_accuracy"] == patient.metrics["patient_accuracy"]
 
 
+@pytest.mark.extended  # a DenseNet-SE pretraining of its own, about 30 s (the e2e pipeline runs the stage too): CI runs it
 def test_pretraining_splits_lc25000_by_dihedral_cluster_and_keeps_its_curve(tmp_project):
     build_lc25000_tree(paths.raw_dir("lc25000"), per_class=8)
 

@@ -184,3 +184,24 @@ def read_json(path: Path | str, what: str = "file") -> Any:
         raise UserError(f"{relative(path)} not found ({what}).") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{relative(path)} is not a readable JSON {what} ({exc}).") from None
+
+
+def read_metrics(path: Path | str) -> dict[str, Any] | None:
+    """A study's metrics file (reports/metrics/<study>.json), None when it is absent; a UserError in one line, naming
+    the file and the key, when it has no `results` mapping or holds a text where a figure belongs (which would
+    otherwise stop the formatting deep inside a report)."""
+    from tlrepro.core.numbers import non_number
+    from tlrepro.core.paths import relative
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = read_json(path, "metrics file")
+    rerun = f"re-run `dvc repro study@{path.stem.split('.')[0]}`"
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UserError(f"{relative(path)} has no `results` mapping: {rerun}.")
+    if found := non_number(data["results"]):
+        key, value = found
+        raise UserError(f"{relative(path)}: `{key}` is {json.dumps(value)[:60]}, where a number (or null) belongs: "
+                        f"{rerun}, or restore the file.")
+    return data

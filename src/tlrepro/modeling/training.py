@@ -324,3 +324,27 @@ def predict(classifier: Classifier, frame: pd.DataFrame, *, batch_size: int | No
         probs = classifier.model.predict(image_dataset(frame, classifier.image_size, batch), verbose=0)
     probs = np.asarray(probs, dtype="float64")
     return (probs.ravel() if probs.shape[-1] == 1 else probs), time.perf_counter() - started
+
+
+# Cached and end-to-end probabilities differ by float32 rounding only (batch composition, fused kernels).
+CACHE_TOLERANCE = 1e-3
+
+
+def check_end_to_end(classifier: Classifier, frame: pd.DataFrame, probs: np.ndarray, *, images: int = 8,
+                     where: str = "") -> float:
+    """The largest |difference| between `probs` (predicted from cached frozen outputs) and the whole model run on
+    the first `images` rows' image files: the figures are computed from the cache, and this check ties them to the
+    model that is saved. Raises RuntimeError above CACHE_TOLERANCE (a bug in the cut or the cache, never the data)."""
+    sample = frame.iloc[:images]
+    if sample.empty:
+        return 0.0
+    direct = np.asarray(classifier.model.predict(image_dataset(sample, classifier.image_size, len(sample)), verbose=0),
+                        dtype="float64")
+    direct = direct.ravel() if direct.shape[-1] == 1 else direct
+    gap = float(np.max(np.abs(direct - np.asarray(probs)[:len(sample)])))
+    if not gap <= CACHE_TOLERANCE:
+        raise RuntimeError(f"{where}: the cached path's probabilities differ from the whole model's by {gap:.2g} "
+                           f"(over {CACHE_TOLERANCE:g}) on {len(sample)} images: the frozen cut or the feature cache "
+                           f"is wrong. Delete the feature cache (TLREPRO_FEATURE_CACHE or data/features) and rerun; "
+                           f"if it persists, report it with the row's settings.")
+    return gap

@@ -45,11 +45,11 @@ def with_details(study: str, data: dict[str, Any]) -> dict[str, Any]:
 def metrics_text(studies: list[str]) -> str:
     rows, missing, quick_studies = [], [], []
     for study in studies:
-        path = paths.metrics_json(study)
-        if not path.is_file():
+        found = fileio.read_metrics(paths.metrics_json(study))
+        if found is None:
             missing.append(study)
             continue
-        data = with_details(study, fileio.read_json(path, "metrics file"))
+        data = with_details(study, found)
         random = set(data.get("random_init") or [])
         quick = " (quick pass)" if _quick_pass(study) else ""
         quick_studies += [study] if quick else []

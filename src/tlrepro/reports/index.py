@@ -10,7 +10,6 @@ the index never fails because one study is missing.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from io import BytesIO
 from pathlib import Path
@@ -20,24 +19,10 @@ import jinja2
 import pandas as pd
 
 from tlrepro.core import config, fileio, identity, paths
-from tlrepro.core.errors import UserError
-from tlrepro.core.numbers import interval, is_count, non_number, number
+from tlrepro.core.numbers import interval, is_count, number
 from tlrepro.results import compare, comparison_plots
 
 TEMPLATES = Path(__file__).with_name("templates")
-
-
-def _read(path: Path, what: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    data = fileio.read_json(path, what)
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise UserError(f"{paths.relative(path)} has no `results` mapping: re-run `dvc repro study@{path.stem.split('.')[0]}`.")
-    if found := non_number(data["results"]):  # a text where a figure belongs would stop the formatting later
-        key, value = found
-        raise UserError(f"{paths.relative(path)}: `{key}` is {json.dumps(value)[:60]}, where a number (or null) "
-                        f"belongs: re-run `dvc repro study@{path.stem.split('.')[0]}`, or restore the file.")
-    return data
 
 
 def comparison_rows(study: str, metrics: dict[str, Any], details: dict[str, Any]) -> pd.DataFrame:
@@ -238,7 +223,7 @@ def write_index() -> Path:
     params = config.load_params()
     ids = list(dict.fromkeys([*compare.studies(), *params.studies]))
     details = {s: _read_details(s) for s in ids if s in compare.studies()}
-    sections = [section(s, _read(paths.metrics_json(s), "metrics file"), details[s]) for s in details]
+    sections = [section(s, fileio.read_metrics(paths.metrics_json(s)), details[s]) for s in details]
     overlap = fileio.read_json(paths.overlap_json(), "overlap file") if paths.overlap_json().is_file() else None
     return fileio.write_text(paths.REPORTS / "index.html", render_index(sections, overlap, protocol_gaps(details)))
 

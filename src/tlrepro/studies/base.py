@@ -227,16 +227,40 @@ def head_seeds(study: Study, row: Row, seed: int) -> bool:
     frozen (no squeeze-and-excitation inserted). Its backbone, random-init included, and its augmented views are the
     study seed's, so their cached features are reused; the seed varies the head's initial weights, dropout and
     batch order only (lin2024's head seeds)."""
-    return seed != study.seed and row.trainable_layers == 0 and not row.trainable_from and row.se is None
+    return seed != study.seed and frozen(row)
+
+
+def frozen(row: Row) -> bool:
+    """Whether nothing ever trains the row's backbone: no trainable layer, and no squeeze-and-excitation inserted."""
+    return row.trainable_layers == 0 and not row.trainable_from and row.se is None
+
+
+# A frozen backbone, built once per process and shared by every fold, protocol and seed of the rows that use it:
+# nothing changes its weights, and building one (ImageNet weights read from disk) costs seconds per fit.
+_FROZEN_BACKBONES: dict[tuple, Any] = {}
+
+
+def shared_backbone(study: Study, row: Row) -> Any:
+    """The study seed's backbone of a frozen row (random-init ones included: built under the study seed), built
+    once for the active distribution strategy and precision, and for the weights file as it is now."""
+    plan = compute.current()
+    source = "random" if row.weights == "random" else backbones.weights_location(row.backbone, row.image_size)
+    stamp = Path(source).stat().st_mtime_ns if Path(source).is_file() else None
+    key = (row.backbone, row.image_size, source, stamp, keras.mixed_precision.global_policy().name, study.seed)
+    strategy, backbone = _FROZEN_BACKBONES.get(key, (None, None))
+    if strategy is not plan.strategy:  # a backbone's variables belong to the strategy they were made under
+        keras.utils.set_random_seed(study.seed)
+        backbone = backbones.build_backbone(row.backbone, row.image_size, row.weights)
+        _FROZEN_BACKBONES[key] = (plan.strategy, backbone)
+    return backbone
 
 
 def build(study: Study, row: Row, seed: int) -> models.Classifier:
     """The row's classifier with its freeze policy, its variables made under the run's distribution strategy."""
     with compute.current().scope():
         backbone = init_backbone(row) if row.init_from else None
-        if backbone is None and head_seeds(study, row, seed):  # the study seed's backbone (see head_seeds)
-            keras.utils.set_random_seed(study.seed)
-            backbone = backbones.build_backbone(row.backbone, row.image_size, row.weights)
+        if backbone is None and frozen(row) and (head_seeds(study, row, seed) or seed == study.seed):
+            backbone = shared_backbone(study, row)  # the study seed's backbone (see head_seeds)
         classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
     models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     return classifier
@@ -270,10 +294,14 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
                                 views_seed=study.seed if head_seeds(study, row, seed) else None)
         side = study.settings.evaluate_on
         frame = study.part(side, protocol, unit)
-        # the evaluation runs the whole model on images: the prediction time is end to end (a head seed's reads the
-        # frozen features from the cache: only its figures are kept)
-        probs, seconds = training.predict(classifier, frame, use_cache=head_seeds(study, row, seed))
-        check_finite(probs, f"studies.{study.id}.rows.{name}", f"protocol {protocol}{', ' + label if label else ''}, seed {seed}")
+        # the evaluation reads the frozen part's outputs from the cache, as training does (folds and protocols
+        # share one extraction), and a few images run through the whole model tie the figures to the saved model
+        probs, seconds = training.predict(classifier, frame)
+        where = f"studies.{study.id}.rows.{name}"
+        context = f"protocol {protocol}{', ' + label if label else ''}, seed {seed}"
+        check_finite(probs, where, context)
+        if not head_seeds(study, row, seed):
+            training.check_end_to_end(classifier, frame, probs, where=f"{where} ({context})")
     out = RowResult(row, protocol, seed, classifier, result, side, frame, probs, predict_seconds=seconds, unit=unit)
     if evaluate:
         train_probs, _ = training.predict(classifier, train_frame)
