@@ -41,7 +41,9 @@ def history(epochs: int, shift: float) -> pd.DataFrame:
 
 def fake_study(study_id: str, protocols: dict[str, list[Unit]]) -> SimpleNamespace:
     """What write_outputs reads of a Study."""
+    methods = {p: SimpleNamespace(method="grouped_kfold" if p == "patient" else "stratified") for p in protocols}
     return SimpleNamespace(id=study_id, dataset="skin", protocols=list(protocols), units=lambda p: protocols[p],
+                           settings=SimpleNamespace(protocols=methods),
                            provenance=lambda: {"dataset": "skin", "random_init": ["B"]}, random_init=lambda: ["B"],
                            model_name=lambda row, protocol: f"{study_id}/{row}")
 
@@ -130,6 +132,10 @@ def test_the_metrics_file_holds_the_headline_and_the_details_file_the_rest(tmp_p
         for figures in metrics["results"].values():
             assert set(figures) <= {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "patient_accuracy",
                                     "accuracy_seed_sd"} and len(figures) <= 6
+    # several protocols: the per-patient figure under the patient-level cross-validation only
+    kumar_metrics = json.loads(paths.metrics_json("kumar2022").read_text())["results"]
+    assert "patient_accuracy" in kumar_metrics["patient/VGG16"] and "patient_accuracy" not in kumar_metrics["image/VGG16"]
+    assert kumar_metrics["image/VGG16"]["accuracy_ci_low"] is not None
     kumar = json.loads(paths.details_json("kumar2022").read_text())
     assert kumar["results"]["patient/VGG16"]["evaluation"]["roc_auc"] == 0.85  # F1, AUC, loss: in the details
     assert kumar["provenance"]["random_init"] == ["B"]

@@ -1,8 +1,9 @@
 """A study stage's outputs, written by one call at the end of its notebook (`write_outputs`).
 
 - reports/metrics/<study>.json: the headline figures per row, the study's only DVC metric, so that `dvc exp show`
-  fits a screen: accuracy with its interval, the patient-level accuracy where there are patients and the seed sd
-  where there are seeds (at most 5 columns per row); deterministic, so the same parameters give the same bytes;
+  fits a screen: accuracy with its interval, the patient-level accuracy where there are patients (of a study with
+  several protocols, under its patient-level cross-validation only) and the seed sd where there are seeds (at
+  most 5 columns per row); deterministic, so the same parameters give the same bytes;
 - reports/metrics/<study>.details.json: everything else (per-row figures on every side, seed and fold spreads,
   leak-free figures, provenance, the study's own tables), an output but not a metric;
 - reports/plots/<study>/: the charts `dvc plots` draws (dvc.yaml's top-level `plots`): epochs.csv, every fit's
@@ -40,6 +41,18 @@ def headline(figures: dict[str, Any], spread: dict[str, Any] | None = None) -> d
 
 def is_headline(name: str) -> bool:
     return name in HEADLINE or name == "accuracy_seed_sd" or (name.endswith("_accuracy") and name != "val_accuracy")
+
+
+def metric_columns(study: Study, key: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one row that go to the metrics file. A study with several protocols keeps accuracy with its
+    interval under each, and the per-patient figure under its patient-level cross-validation only (the honest
+    protocol's figure): `dvc exp show` of an experiment that reruns one such study then fits in 40 columns."""
+    kept = {k: v for k, v in figures.items() if is_headline(k)}
+    protocol, _, _ = key.rpartition("/")
+    if len(study.protocols) > 1 and protocol in study.protocols \
+            and study.settings.protocols[protocol].method != "grouped_kfold":
+        kept = {k: v for k, v in kept.items() if k in HEADLINE or k == "accuracy_seed_sd"}
+    return kept
 
 
 def result_key(study: Study, protocol: str, row: str) -> str:
@@ -122,7 +135,7 @@ def write_outputs(study: Study, rows: dict[str, dict[str, Any]], details: dict[s
     other = {name: fileio.records(frame) for name, frame in tables.items() if name not in CHARTS}
     outputs = paths.study_outputs(study.id)
     fileio.write_json(paths.study_output(outputs["metrics"]),
-                      {"results": {row: {k: v for k, v in figures.items() if is_headline(k)} for row, figures in rows.items()}})
+                      {"results": {row: metric_columns(study, row, figures) for row, figures in rows.items()}})
     fileio.write_json(paths.study_output(outputs["details"]),
                       {"study": study.id, "provenance": study.provenance(), **details,
                        **({"tables": other} if other else {})})
