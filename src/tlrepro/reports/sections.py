@@ -61,7 +61,7 @@ def header(study: Study, description: str = "") -> None:
     prov = study.provenance()
     if quick := identity.quick_pass(prov):
         display(HTML(f'<div style="background:#fff3e0;border-left:6px solid #ef6c00;padding:.6em 1em;'
-                     f'font-weight:600;color:#8a3c00">⏱ {quick}</div>'))
+                     f'font-weight:600;color:#8a3c00">⚠ {quick}</div>'))
     banner = compare.random_init_banner(study.random_init(), study.random_init_via())
     if banner:
         display(HTML(f'<div style="background:#fdecea;border-left:6px solid #c62828;padding:.6em 1em;'
