@@ -334,17 +334,18 @@ class Batcher:
 
     def _overtaken(self, live: list[Waiting]) -> list[Waiting]:
         """The batch without the requests it would answer after their deadlines (the model turned out slower
-        than when they were taken): those get their 503 now, and the call's time goes to the others. A batch
-        none of which can make it still runs, so that the measurements stay current."""
+        than when they were taken): those get their 503 now, and the call's time goes to the others. When none
+        of them can make it, every one gets its 503 now, and the call still runs on their images so that the
+        measurements stay current (nothing else would bring down an estimate that a passing slowdown raised)."""
         now = time.monotonic()
         while doomed := [w for w in live if w.deadline < now + self._call_seconds(len(live))]:
-            if len(doomed) == len(live):
-                break
             for w in doomed:
                 self.stats.refused += 1
                 w.future.set_exception(busy(f"model `{self.predictor.name}` has become slower and would answer "
                                             f"this request after its deadline (serve.deadline_s)",
                                             self.expected_wait(now)))
+            if len(doomed) == len(live):
+                return live
             live = [w for w in live if not w.future.done()]
         return live
 
@@ -377,7 +378,7 @@ class Batcher:
             for w, row in zip(live, outputs, strict=True):
                 if not w.future.done():
                     w.future.set_result(row)
-                else:
+                elif w.future.cancelled():  # its request gave up waiting (a refused one has its 503 already)
                     self.stats.dropped += 1
 
     async def close(self) -> None:
