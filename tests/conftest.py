@@ -320,12 +320,3 @@ def pytest_collection_modifyitems(config, items):
     file, so on two workers it builds while the other worker runs everything else, instead of starting late and
     leaving one worker idle at the end."""
     items.sort(key=lambda item: item.path.name != "test_pipeline_e2e.py")
-
-
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker more than the cores this process may use. The end-to-end project's worker spends much
-    of its time waiting on DVC, papermill and kernel subprocesses (the suite used 153-165 % of 2 cores with 2
-    workers), so a third keeps both cores busy."""
-    import os
-
-    return len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1

@@ -334,17 +334,22 @@ class Batcher:
 
     def _overtaken(self, live: list[Waiting]) -> list[Waiting]:
         """The batch without the requests it would answer after their deadlines (the model turned out slower
-        than when they were taken): those get their 503 now, and the call's time goes to the others. When none
-        of them can make it, every one gets its 503 now, and the call still runs on their images so that the
-        measurements stay current (nothing else would bring down an estimate that a passing slowdown raised)."""
+        than when they were taken): those get their 503 now, and the call's time goes to the others. A batch none
+        of which can make it still runs, so that the measurements stay current (nothing else would bring down an
+        estimate that a passing slowdown raised). With nothing else waiting, its requests wait for it (the estimate
+        may be what is wrong, as a request with nothing ahead is always taken); under load (others waiting), they
+        get their 503 now rather than after their deadlines."""
         now = time.monotonic()
         while doomed := [w for w in live if w.deadline < now + self._call_seconds(len(live))]:
+            everyone = len(doomed) == len(live)
+            if everyone and not self._queue:
+                break
             for w in doomed:
                 self.stats.refused += 1
                 w.future.set_exception(busy(f"model `{self.predictor.name}` has become slower and would answer "
                                             f"this request after its deadline (serve.deadline_s)",
                                             self.expected_wait(now)))
-            if len(doomed) == len(live):
+            if everyone:
                 return live
             live = [w for w in live if not w.future.done()]
         return live
