@@ -105,3 +105,12 @@ def test_forest_plot_lists_every_rate(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert len(labels) == 8 and labels[0] == "lin2024 · MobileNetV2 · accuracy"
     check(fig, tmp_path, "forest")
+
+
+def test_accuracy_by_magnification_marks_random_init_rows(tmp_path):
+    table = pd.DataFrame([{"model": m, "subset": s, "image_accuracy": 0.7, "image_ci_low": 0.6, "image_ci_high": 0.8,
+                           "patient_accuracy": 0.6, "patient_ci_low": None, "patient_ci_high": None}
+                          for m in ("VGG16", "ResNet50V2") for s in ("40", "100", "all")])
+    fig = plots.accuracy_by_group(table, title="protocol: image", random_init=["ResNet50V2"])
+    assert [ax.get_title() for ax in fig.axes] == ["VGG16", "ResNet50V2 (random init)"]
+    check(fig, tmp_path, "by_magnification")

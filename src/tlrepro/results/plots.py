@@ -268,9 +268,11 @@ def validation_curves(histories: Mapping[str, pd.DataFrame], title: str | None =
 
 
 @styled
-def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | None = None) -> Figure:
+def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | None = None,
+                      random_init: Sequence[str] = ()) -> Figure:
     """Image-level and group-level accuracy with their intervals per subset (e.g. magnification), one bar pair
-    per row; `table` has columns model, subset, image_accuracy, image_ci_low/high, <group>_accuracy, ..."""
+    per row; `table` has columns model, subset, image_accuracy, image_ci_low/high, <group>_accuracy, ...; the
+    panels of the rows in `random_init` say so in their titles."""
     models_ = list(dict.fromkeys(table["model"]))
     subsets = list(dict.fromkeys(table["subset"]))
     fig, axes = new_figure(1, len(models_) or 1, size=(4.2, 3.6), sharey=True)
@@ -287,7 +289,8 @@ def accuracy_by_group(table: pd.DataFrame, group: str = "patient", title: str | 
                 ax.errorbar(x[has] + offset, value[has], yerr=[np.clip(value - low, 0, None)[has],
                             np.clip(high - value, 0, None)[has]], fmt="none", ecolor="black", capsize=3)
         ax.set_xticks(x, [str(s) for s in subsets])
-        ax.set(title=model, ylim=(0, 1.05), ylabel="accuracy", xlabel="")
+        ax.set(title=model + (" (random init)" if model in random_init else ""), ylim=(0, 1.05), ylabel="accuracy",
+               xlabel="")
     axes.flat[0].legend(fontsize=8, loc="lower left")
     if title:
         fig.suptitle(title, fontweight="bold")
