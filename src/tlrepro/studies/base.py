@@ -259,8 +259,8 @@ def build(study: Study, row: Row, seed: int) -> models.Classifier:
     """The row's classifier with its freeze policy, its variables made under the run's distribution strategy."""
     with compute.current().scope():
         backbone = init_backbone(row) if row.init_from else None
-        if backbone is None and frozen(row) and (head_seeds(study, row, seed) or seed == study.seed):
-            backbone = shared_backbone(study, row)  # the study seed's backbone (see head_seeds)
+        if backbone is None and frozen(row):  # the study seed's backbone, whatever the seed (see head_seeds)
+            backbone = shared_backbone(study, row)
         classifier = models.build_classifier(row, classes=study.classes, seed=seed, backbone=backbone)
     models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
     return classifier
