@@ -44,9 +44,16 @@ def kumar(tmp_project):
     return base.load_study("kumar2022")
 
 
-def test_a_cross_validation_pools_every_image_once_and_saves_only_whole_split_models(kumar):
+def test_a_cross_validation_pools_every_image_once_and_saves_only_whole_split_models(kumar, monkeypatch):
     assert [u.fold for u in kumar.units("patient")] == ["1", "2", "3"] and kumar.units("image") == [base.Unit()]
+    built = []
+    monkeypatch.setattr(base, "build", lambda *a, build=base.build: built.append(build(*a)) or built[-1])
     results = base.run_rows(kumar)
+    # the split's model is kept (saved); folds 2 and 3 train fold 1's classifier again (base.Recycler), exactly as
+    # a new one: the same probabilities as a classifier built for fold 3 alone
+    assert len(built) == 2
+    alone = base.run_row(kumar, "VGG16", protocol="patient", unit=kumar.units("patient")[2], evaluate=False)
+    assert np.array_equal(alone.probs, results[("patient", "VGG16")].folds[2].probs)
     image, patient = results[("image", "VGG16")], results[("patient", "VGG16")]
     tested = kumar.part("test", "patient")
     assert len(patient.folds) == 3 and patient.model_path is None and patient.classifier is not None

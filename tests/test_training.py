@@ -163,6 +163,26 @@ def test_same_seed_gives_identical_history(split_frame):
     pd.testing.assert_frame_equal(histories[0], histories[1], check_exact=True)
 
 
+def test_a_second_fit_of_one_model_keeps_its_traced_step_and_trains_as_a_new_model_would(split_frame):
+    """compile_model keeps a model's compiled functions when nothing it compiles with changed, and resets the
+    optimizer (its steps, learning rate and moments) as a fresh compile would: same history, no second trace."""
+    training.seed_everything(7)
+    clf = classifier(WHOLE_LAYER, reduce_lr={"monitor": "val_loss", "factor": 0.5, "patience": 0})
+    start = [np.array(v) for v in clf.model.variables]  # random-seed states included
+    training.seed_everything(7)  # as base.run_row does: the build's draws from the global generators do not count
+    first = fit(clf, split_frame, seed=7, epochs=3)
+    trainer = fc.split_frozen(clf)
+    assert trainer is fc.split_frozen(clf, inference=True)  # one trainer per classifier: traced once
+    step = trainer.trainer.train_function
+    for variable, value in zip(clf.model.variables, start, strict=True):
+        variable.assign(value)
+    training.seed_everything(7)
+    second = fit(clf, split_frame, seed=7, epochs=3)
+    assert trainer.trainer.train_function is step and int(trainer.trainer.optimizer.iterations) > 0
+    pd.testing.assert_frame_equal(first.history, second.history, check_exact=True)
+    assert first.history["learning_rate"].iloc[-1] < 1e-3  # the schedule moved, and the second fit began at 1e-3
+
+
 def test_early_stopping_reports_the_restored_epoch(split_frame):
     clf = classifier(0, early_stopping={"monitor": "val_loss", "patience": 1}, learning_rate=0.5)
     result = fit(clf, split_frame, epochs=8)

@@ -88,8 +88,14 @@ def split_frozen(classifier: Classifier, *, inference: bool = False) -> FrozenSp
     """
     if classifier.augmentation is not None and not inference and not classifier.row.augmentation_views:
         return None
-    inputs = keras.Input((classifier.image_size, classifier.image_size, 3), name="image")
     cut = _first_trainable(classifier.backbone)
+    if cut not in classifier.splits:  # once per classifier and cut: a recycled classifier keeps its traced trainer
+        classifier.splits[cut] = _split(classifier, cut)
+    return classifier.splits[cut]
+
+
+def _split(classifier: Classifier, cut: int | None) -> FrozenSplit | None:
+    inputs = keras.Input((classifier.image_size, classifier.image_size, 3), name="image")
 
     if cut is None:  # whole backbone frozen: fold leading weightless head layers into the cache
         head_layers = list(classifier.head.layers)

@@ -12,7 +12,7 @@ Every part is a real, serializable Keras layer (no Lambda), so a saved model loa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -143,6 +143,8 @@ class Classifier:
     augmentation: keras.Sequential | None
     row: Row
     classes: tuple[str, ...]
+    # frozen_cache.split_frozen's splits by cut: the same trainer (and its traced functions) for every fit
+    splits: dict[int | None, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_size(self) -> int:

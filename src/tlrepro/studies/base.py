@@ -266,10 +266,50 @@ def build(study: Study, row: Row, seed: int) -> models.Classifier:
     return classifier
 
 
+class Recycler:
+    """Classifiers of finished units, reused for the next unit of the same row from the values a new one starts with.
+
+    Every unit (fold, magnification) of a row and seed starts from the same values, since its build is seeded. So a
+    finished unit's classifier, its variables set back to those values, trains exactly as a new one would, and keeps
+    what a new one would spend seconds on per fit: building it (a backbone with squeeze-and-excitation blocks, a
+    pretrained model read from disk) and tracing its training and prediction functions. The values are taken from
+    the first build of each row and seed; a shared frozen backbone (shared_backbone) is never changed, so it is not
+    copied. Studies with `start_from` rows do not use it: their classifiers share one model.
+    """
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.starts: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.spares: dict[str, list[models.Classifier]] = {}
+
+    def state(self, classifier: models.Classifier) -> list[Any]:
+        """The variables a fit may change (every one, random-seed states included, but a shared frozen backbone's)."""
+        shared = {id(v) for v in classifier.backbone.variables} if frozen(classifier.row) and not classifier.row.init_from \
+            else set()
+        return [v for v in classifier.model.variables if id(v) not in shared]
+
+    def take(self, row: Row, seed: int) -> models.Classifier:
+        key, spares = (row.name, seed), self.spares.get(row.name, [])
+        fresh = None
+        if key not in self.starts:
+            fresh = build(self.study, row, seed)
+            self.starts[key] = [np.array(keras.ops.convert_to_numpy(v)) for v in self.state(fresh)]
+        if not spares:
+            return fresh or build(self.study, row, seed)
+        classifier = spares.pop()
+        for variable, start in zip(self.state(classifier), self.starts[key], strict=True):
+            variable.assign(start)
+        return classifier
+
+    def give_back(self, classifier: models.Classifier) -> None:
+        self.spares.setdefault(classifier.row.name, []).append(classifier)
+
+
 def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int | None = None,
-            start_from: models.Classifier | None = None, unit: Unit = crossval.WHOLE, evaluate: bool = True) -> RowResult:
-    """Build (or continue) a row's classifier, train it on one unit of the protocol (a fold, a magnification, or
-    the whole split), and predict the evaluation side; with `evaluate`, its figures too."""
+            start_from: models.Classifier | None = None, unit: Unit = crossval.WHOLE, evaluate: bool = True,
+            recycler: Recycler | None = None) -> RowResult:
+    """Build (or continue, or take from `recycler`) a row's classifier, train it on one unit of the protocol (a fold,
+    a magnification, or the whole split), and predict the evaluation side; with `evaluate`, its figures too."""
     protocol = protocol or study.primary
     seed = study.seed if seed is None else seed
     row = study.row(name)
@@ -278,8 +318,11 @@ def run_row(study: Study, name: str, *, protocol: str | None = None, seed: int |
         classifier = models.Classifier(start_from.model, start_from.backbone, start_from.preprocessing,
                                        start_from.head, start_from.augmentation, row, study.classes)
         models.set_trainable(classifier, row.trainable_layers, row.trainable_from)
+    elif recycler is not None:
+        classifier = recycler.take(row, seed)
     else:
         classifier = build(study, row, seed)
+    training.seed_everything(seed)  # a build draws from the global generators: the fit's draws are the same without
     with compute.current().scope():  # compiled, fitted and run on every replica of the strategy
         train_frame, val_frame = study.part("train", protocol, unit), study.part("val", protocol, unit)
         label = ", ".join(x for x in (protocol if len(study.protocols) > 1 else "", unit.describe(study.units(protocol)))
@@ -359,6 +402,7 @@ def run_rows(study: Study, *, protocols: list[str] | None = None, save: bool = T
     and magnifications with `per_magnification`) train separately and their predictions are pooled. The study
     seed's models of single-unit protocols are saved with cards (a fold's model saw only part of the data)."""
     results = Results()
+    recycler = None if any(row.start_from for row in study.rows) else Recycler(study)
     for protocol in protocols or study.protocols:
         units = study.units(protocol)
         for repeat in range(study.settings.repeats):
@@ -370,12 +414,15 @@ def run_rows(study: Study, *, protocols: list[str] | None = None, save: bool = T
                     started = time.perf_counter()
                     source = trained.get(row.start_from) if row.start_from else None
                     part = run_row(study, row.name, protocol=protocol, seed=seed, start_from=source, unit=unit,
-                                   evaluate=len(units) == 1)
+                                   evaluate=len(units) == 1, recycler=recycler)
                     part.extra["wall_seconds"] = time.perf_counter() - started
                     parts.setdefault(row.name, []).append(part)
                     trained[row.name] = part.classifier
-                if unit is not units[-1]:
-                    for done in parts.values():  # a finished fold's models are not needed again
+                if repeat > 0 or unit is not units[-1]:
+                    # kept: the study seed's model of each protocol (saved, or its last fold's, for Grad-CAM)
+                    for done in parts.values():
+                        if recycler is not None and done[-1].classifier is not None:
+                            recycler.give_back(done[-1].classifier)
                         done[-1].classifier = None
             for row in study.rows:
                 result = parts[row.name][0] if len(units) == 1 else pooled(study, parts[row.name])
