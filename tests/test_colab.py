@@ -136,7 +136,7 @@ def test_the_install_keeps_colabs_packages_and_adds_what_is_missing_or_older():
     assert pinned["keras"] and "tensorflow" not in pinned and "tensorflow-cpu" not in pinned
 
 
-def test_secrets_then_an_uploaded_kaggle_json_and_the_key_is_never_printed(tmp_path, monkeypatch, capsys):
+def test_secrets_then_an_uploaded_kaggle_json_and_the_key_is_never_printed(tmp_path, monkeypatch, capsys, request):
     setup = runpy.run_path(str(REPO / "scripts" / "colab_setup.py"))
     stub = colab_stub(tmp_path / "stub")
     monkeypatch.syspath_prepend(str(stub))
@@ -147,6 +147,8 @@ def test_secrets_then_an_uploaded_kaggle_json_and_the_key_is_never_printed(tmp_p
     monkeypatch.setenv("STUB_COLAB_SECRET_KAGGLE_KEY", "s3cr3t-key")
     for module in [m for m in sys.modules if m.startswith("google")]:
         monkeypatch.delitem(sys.modules, module)
+    # the stub's modules go with the test: a later test on this worker must not find itself "in Colab"
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in list(sys.modules) if m.startswith("google.colab")])
     setup["kaggle_credentials"]()
     assert os.environ["KAGGLE_KEY"] == "s3cr3t-key" and "s3cr3t" not in capsys.readouterr().out
     monkeypatch.delenv("KAGGLE_USERNAME")

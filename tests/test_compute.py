@@ -111,6 +111,7 @@ def test_multi_worker_names_a_worker_that_does_not_answer_instead_of_waiting(mon
     compute.reset()
 
 
+@pytest.mark.extended  # two TensorFlow processes (one per strategy), about 19 s: CI runs it
 def test_mirrored_over_two_logical_cpus_gives_the_default_strategys_result(images, single):
     mirrored = run(["mirrored", str(images), "2"])
     assert mirrored["replicas"] == 2 and mirrored["strategy"] == "mirrored" and single["replicas"] == 1

@@ -327,6 +327,7 @@ print(float(arrays[0].sum()))
 """
 
 
+@pytest.mark.extended  # two TensorFlow processes, about 9 s: CI runs it
 def test_two_processes_can_fill_one_store_at_once(tmp_path):
     """Shared storage (TLREPRO_FEATURE_CACHE on a network folder): two writers never corrupt the store, and a
     reader afterwards gets the same features either wrote."""

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -160,23 +159,45 @@ def colour_table(frame: pd.DataFrame) -> np.ndarray:
     return np.stack([table[p] for p in frame["path"].astype(str)]) if len(frame) else np.zeros((0, len(COLOUR_FEATURES)))
 
 
-def _fit_units(parts: list, table: dict[str, np.ndarray], label_of: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Per unit, a standardized logistic regression fitted on its training side's distinct images (features from
-    `table`, labels from `label_of(rows)`) and applied to its evaluation side; the pooled probabilities."""
+@dataclass
+class _Unit:
+    """One unit's data for the logistic regression: its training side's distinct images (features standardized on
+    them: the scaler sees no label, so every refit of a permutation test shares it) and its evaluation side's."""
+
+    unit: dict[str, Any]
+    train: pd.DataFrame
+    test: pd.DataFrame
+    x_train: np.ndarray
+    x_test: np.ndarray
+
+
+def _prepare(parts: list, table: dict[str, np.ndarray]) -> list[_Unit]:
+    prepared = []
+    for u, train, test in parts:
+        train = train.drop_duplicates("path")
+        x_train, x_test = (np.stack([table[p] for p in f["path"].astype(str)]) if len(f) else np.zeros((0, 0))
+                           for f in (train, test))
+        if len(train) and len(test):
+            scaler = StandardScaler().fit(x_train)
+            x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        prepared.append(_Unit(u, train, test, x_train, x_test))
+    return prepared
+
+
+def _fit_units(prepared: list[_Unit], label_of: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Per unit, a standardized logistic regression fitted on its training side's distinct images (labels from
+    `label_of(rows)`) and applied to its evaluation side; the pooled probabilities. Call it inside
+    threadpool_limits(1): a dozen features, and BLAS threads only contend (17x slower on 2 busy cores)."""
     probs, units = [], []
-    with threadpool_limits(1):  # a dozen features: BLAS threads only contend (17x slower on 2 busy cores)
-        for u, train, test in parts:
-            train = train.drop_duplicates("path")
-            y = label_of(train)
-            units.append({**u, "trained_on": len(train), "tested": len(test)})
-            if len(np.unique(y)) < 2:
-                probs.append(np.full(len(test), float(y[0]) if len(y) else 0.5))
-                units[-1]["note"] = "one class on the training side"
-                continue
-            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-            model.fit(np.stack([table[p] for p in train["path"].astype(str)]), y)
-            probs.append(model.predict_proba(np.stack([table[p] for p in test["path"].astype(str)]))[:, 1]
-                         if len(test) else np.zeros(0))
+    for part in prepared:
+        y = label_of(part.train)
+        units.append({**part.unit, "trained_on": len(part.train), "tested": len(part.test)})
+        if len(np.unique(y)) < 2:
+            probs.append(np.full(len(part.test), float(y[0]) if len(y) else 0.5))
+            units[-1]["note"] = "one class on the training side"
+            continue
+        model = LogisticRegression(max_iter=1000).fit(part.x_train, y)
+        probs.append(model.predict_proba(part.x_test)[:, 1] if len(part.test) else np.zeros(0))
     return (np.concatenate(probs) if probs else np.zeros(0)), units
 
 
@@ -191,7 +212,8 @@ def colour_baseline(frame: pd.DataFrame, *, side: str = "test", by: Sequence[str
     images and applied to its `side`; pooled and evaluated like a model (see trivial_baseline for `frame` and
     `by`). A unit whose training side holds one class predicts that class (noted in `units`)."""
     parts = _units(frame, side, by)
-    probs, units = _fit_units(parts, _feature_table(frame, colour_table), _labels)
+    with threadpool_limits(1):
+        probs, units = _fit_units(_prepare(parts, _feature_table(frame, colour_table)), _labels)
     rows = pd.concat([test for _, _, test in parts], ignore_index=True)
     evaluation = {"seed": seed, "resamples": resamples, "confidence": confidence}
     return Baseline("colour statistics alone (a logistic regression on 12 colour figures per image)", rows, probs,
@@ -212,7 +234,7 @@ def refit_permutation_test(frame: pd.DataFrame, *, features: Any = colour_table,
     if draws < significance.MIN_DRAWS:
         raise ValueError(f"refit_permutation_test needs at least {significance.MIN_DRAWS} draws, not {draws}.")
     parts = _units(frame, side, by)
-    table = _feature_table(frame, features)
+    prepared = _prepare(parts, _feature_table(frame, features))  # once: only the labels change between draws
     patients = frame.drop_duplicates("group").set_index("group")["label"].map(BINARY_CLASSES.index)
     if (frame.groupby("group")["label"].nunique() > 1).any():
         raise ValueError("A permutation by patient needs one class per patient; some patient holds both.")
@@ -220,14 +242,15 @@ def refit_permutation_test(frame: pd.DataFrame, *, features: Any = colour_table,
     rng = np.random.default_rng(seed)
 
     def scores(labels: pd.Series) -> tuple[float | None, float]:
-        probs, _ = _fit_units(parts, table, lambda f: labels[f["group"]].to_numpy())
+        probs, _ = _fit_units(prepared, lambda f: labels[f["group"]].to_numpy())
         y = labels[rows["group"]].to_numpy()
         right = pd.Series(((probs >= threshold).astype(int) == y).astype(float)).groupby(rows["group"].to_numpy())
         return metrics._auc(y, probs), float(right.mean().mean())
 
-    observed = scores(patients)
-    null = np.array([scores(pd.Series(rng.permutation(patients.to_numpy()), index=patients.index))
-                     for _ in range(draws)], dtype=float)
+    with threadpool_limits(1):  # entered once: it inspects every loaded library (milliseconds per entry)
+        observed = scores(patients)
+        null = np.array([scores(pd.Series(rng.permutation(patients.to_numpy()), index=patients.index))
+                         for _ in range(draws)], dtype=float)
     return plain({
         "draws": draws, f"{unit}s": int(rows["group"].nunique()), "seed": seed,
         "method": f"labels permuted among {unit}s ({draws} draws), the logistic regression refitted in every unit",
